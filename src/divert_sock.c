@@ -1,0 +1,670 @@
+/*
+ * divert_sock.c: the client side.  The only code that speaks the client
+ * protocol (divert_wire.h).
+ *
+ * Each client is a SOCK_SEQPACKET connection on our UNIX socket; the shim
+ * hands it to the application as its divert socket.  A client is bound to
+ * at most one divert port (port_owner[] maps ports to clients, as FreeBSD's
+ * divert pcb lookup does).  What flows through here:
+ *
+ *  kernel -> client   divert_sock_packet() gets each NFQUEUE packet from
+ *      nfq_bridge.c.  No client on the port: a divert drops it (counted as
+ *      "no socket", div_noport on FreeBSD), a tee lets it go on.  Otherwise
+ *      the packet is sent to the client with its FreeBSD address, and a
+ *      divert's packet is HELD: the kernel keeps it, and we remember its
+ *      NFQUEUE id.  Sends are collected during a netlink batch and go out
+ *      with one sendmmsg() per client run (divert_sock_flush()).
+ *
+ *  client -> kernel   a written packet that answers a held one (same
+ *      client, same direction, same identity: IPv4 id and protocol, or IPv6
+ *      next header and length; oldest first) becomes that packet's verdict:
+ *      NF_REPEAT, with the tag in our mark bits, so the hook's base chain
+ *      runs again and its dispatch resumes after the tag.  Unchanged bytes
+ *      (compared by hash) leave the kernel's packet as it is; changed bytes
+ *      go with the verdict.  A write that answers nothing is a new packet
+ *      (inject.c).
+ *
+ *  held packets are consumed as on FreeBSD, where the program owns what it
+ *  read: a packet never written back is dropped when its client closes,
+ *  when the client holds too many, or after the hold time.
+ *
+ * Nothing on the per-packet path allocates: held packets come from a pool
+ * made at start, buffers are static.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <linux/netfilter.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <xxhash.h>
+
+#include "divertd.h"
+#include "divert_wire.h"
+
+#define MAX_CLIENTS	1024
+#define HELD_POOL	16384		/* held packets, all clients */
+#define CLIENT_HELD_MAX	4096		/* held packets, one client */
+#define PENDING_MAX	256		/* sends collected in one batch */
+#define WRITE_BATCH	16		/* client messages per recvmmsg */
+#define WRITE_SLOT	(sizeof(struct divert_wire_hdr) + DIVERT_WIRE_MAXPKT + 1)
+
+struct held;
+
+struct client {
+	struct pollable p;		/* first: epoll data.ptr */
+	uint64_t id;
+	bool bound;
+	uint16_t port;
+	uint32_t rcvbuf;
+	pid_t pid;
+	struct held *head, *tail;	/* held packets, oldest first */
+	unsigned nheld;
+};
+
+struct held {
+	struct held *cnext, *cprev;	/* the client's list */
+	struct held *gnext, *gprev;	/* all held, by deadline */
+	struct client *c;
+	uint64_t deadline;		/* ms, CLOCK_MONOTONIC */
+	uint64_t hash;
+	uint32_t id, mark, key, len;
+	uint16_t queue;
+	uint8_t dir;
+};
+
+struct pending {
+	struct client *c;
+	struct held *h;			/* NULL for a tee copy */
+	struct divert_wire_hdr hdr;
+	struct iovec iov[2];
+};
+
+static const struct divert_config *cfg;
+static struct pollable listener = { .fd = -1 };
+static char listen_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static struct client *port_owner[65536];
+static struct client *clients[MAX_CLIENTS];
+static unsigned nclients;
+static uint64_t next_conn_id = 1;
+
+static struct held *held_pool, *held_free;
+static struct held *gfirst, *glast;
+
+static struct pending pending[PENDING_MAX];
+static struct mmsghdr pending_msgs[PENDING_MAX];
+static unsigned npending;
+
+static uint8_t *wbuf;			/* WRITE_BATCH * WRITE_SLOT */
+static struct mmsghdr wmsgs[WRITE_BATCH];
+static struct iovec wiov[WRITE_BATCH];
+
+static struct divert_stats stats;
+static struct log_ratelimit rl_inject, rl_client;
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* What stays the same when a program rewrites addresses, ports, TTL or
+ * DSCP: enough to tell which held packet a write answers. */
+static uint32_t packet_key(const uint8_t *pkt, size_t len)
+{
+	if (len >= 20 && (pkt[0] >> 4) == 4)
+		return 0x40000000u | ((uint32_t)pkt[4] << 16) |
+		       ((uint32_t)pkt[5] << 8) | pkt[9];
+	if (len >= 40 && (pkt[0] >> 4) == 6)
+		return 0x60000000u | ((uint32_t)pkt[6] << 16) |
+		       ((uint32_t)pkt[4] << 8) | pkt[5];
+	return 0;
+}
+
+/* ---- held packets ---------------------------------------------------- */
+
+static void held_release(struct held *h)
+{
+	struct client *c = h->c;
+
+	if (h->cprev)
+		h->cprev->cnext = h->cnext;
+	else
+		c->head = h->cnext;
+	if (h->cnext)
+		h->cnext->cprev = h->cprev;
+	else
+		c->tail = h->cprev;
+	c->nheld--;
+	if (h->gprev)
+		h->gprev->gnext = h->gnext;
+	else
+		gfirst = h->gnext;
+	if (h->gnext)
+		h->gnext->gprev = h->gprev;
+	else
+		glast = h->gprev;
+	h->c = NULL;
+	h->gnext = held_free;
+	held_free = h;
+}
+
+/* Consume a held packet: the kernel drops it. */
+static void held_drop(struct held *h)
+{
+	nfqb_verdict(h->queue, h->id, NF_DROP, NULL, NULL, 0);
+	held_release(h);
+}
+
+static struct held *held_get(struct client *c, uint64_t now)
+{
+	struct held *h;
+
+	if (c->nheld >= CLIENT_HELD_MAX || held_free == NULL) {
+		/* the oldest is the one least likely to be written back */
+		h = c->head != NULL ? c->head : gfirst;
+		if (h == NULL)
+			return NULL;
+		held_drop(h);
+		stats.evicted++;
+	}
+	h = held_free;
+	held_free = h->gnext;
+	memset(h, 0, sizeof(*h));
+	h->c = c;
+	h->cprev = c->tail;
+	if (c->tail)
+		c->tail->cnext = h;
+	else
+		c->head = h;
+	c->tail = h;
+	c->nheld++;
+	h->gprev = glast;
+	if (glast)
+		glast->gnext = h;
+	else
+		gfirst = h;
+	glast = h;
+	h->deadline = now + cfg->hold_ms;
+	return h;
+}
+
+static struct held *held_find(struct client *c, uint8_t dir, uint32_t key)
+{
+	for (struct held *h = c->head; h != NULL; h = h->cnext)
+		if (h->dir == dir && h->key == key)
+			return h;
+	return NULL;
+}
+
+int divert_sock_timeout(void)
+{
+	uint64_t now;
+
+	if (gfirst == NULL)
+		return -1;
+	now = now_ms();
+	return gfirst->deadline <= now ? 0 : (int)(gfirst->deadline - now);
+}
+
+void divert_sock_expire(void)
+{
+	uint64_t now = now_ms();
+
+	while (gfirst != NULL && gfirst->deadline <= now) {
+		held_drop(gfirst);
+		stats.expired++;
+	}
+}
+
+/* ---- clients --------------------------------------------------------- */
+
+static void client_unbind(struct client *c)
+{
+	if (c->bound && port_owner[c->port] == c)
+		port_owner[c->port] = NULL;
+	c->bound = false;
+}
+
+static void client_close(struct client *c)
+{
+	/* sends collected for it in this batch go nowhere now */
+	for (unsigned i = 0; i < npending; i++)
+		if (pending[i].c == c)
+			pending[i].c = NULL;
+	while (c->head != NULL) {
+		held_drop(c->head);
+		stats.evicted++;
+	}
+	client_unbind(c);
+	close(c->p.fd);		/* also leaves the epoll set */
+	for (unsigned i = 0; i < nclients; i++)
+		if (clients[i] == c) {
+			clients[i] = clients[--nclients];
+			break;
+		}
+	free(c);
+}
+
+static struct client *client_by_id(uint64_t id)
+{
+	for (unsigned i = 0; i < nclients; i++)
+		if (clients[i]->id == id)
+			return clients[i];
+	return NULL;
+}
+
+static void client_reply(struct client *c, int err)
+{
+	struct divert_wire_hdr hdr = {
+		.type = DW_REPLY, .version = DIVERT_WIRE_VERSION,
+		.arg = (uint32_t)err,
+	};
+
+	if (send(c->p.fd, &hdr, sizeof(hdr), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		log_limited(&rl_client, 4, "cannot answer client %d: %s",
+			    (int)c->pid, strerror(errno));
+}
+
+static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
+{
+	struct client *c = client_by_id(m->conn);
+	uint16_t port = (uint16_t)m->val;
+
+	if (c == NULL || m->val > 65535) {
+		client_reply(ctl, EINVAL);
+		return;
+	}
+	if (port_owner[port] != NULL && port_owner[port] != c) {
+		client_reply(ctl, EADDRINUSE);
+		return;
+	}
+	client_unbind(c);	/* a second bind moves the socket */
+	port_owner[port] = c;
+	c->bound = true;
+	c->port = port;
+	log_debug("client %d bound to divert port %u", (int)c->pid, port);
+	client_reply(ctl, 0);
+}
+
+static void client_setopt(struct client *c, const struct divert_wire_hdr *m)
+{
+	int v = (int)m->val;
+
+	if (m->arg != SO_RCVBUF || v <= 0)
+		return;
+	/* what the client has not read yet waits in our end's send buffer */
+	c->rcvbuf = m->val;
+	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+}
+
+/* A written packet: the verdict of the held packet it answers, or new. */
+static void client_write(struct client *c, const struct divert_wire_hdr *m,
+			 uint8_t *pkt, size_t len)
+{
+	const struct sockaddr_in *sin = m->arg ? &m->addr : NULL;
+	bool out = divert_wire_is_outgoing(sin);
+	uint16_t tag = sin != NULL ? sin->sin_port : 0;
+	uint16_t resume = rules_resume_tag(cfg->rs, tag);
+	bool v4 = (pkt[0] >> 4) == 4;
+	struct held *h;
+	uint32_t mark;
+	int err;
+
+	if (divert_wire_check_write(pkt, len, (const struct sockaddr *)sin,
+				    sizeof(*sin), DIVERT_WIRE_MAXPKT) != 0) {
+		stats.bad_writes++;
+		return;
+	}
+	h = held_find(c, out ? DIR_OUT : DIR_IN, packet_key(pkt, len));
+	if (h != NULL) {
+		bool same = h->len == len && XXH3_64bits(pkt, len) == h->hash;
+
+		if (!same && v4) {
+			if (out) {
+				cksum_set_ipv4_header(pkt);
+			} else if (!cksum_ipv4_header_ok(pkt, len)) {
+				stats.bad_cksum_in++;
+				held_drop(h);
+				return;
+			}
+		}
+		mark = mark_with_tag(cfg->ml, h->mark, resume);
+		nfqb_verdict(h->queue, h->id, NF_REPEAT, &mark,
+			     same ? NULL : pkt, (uint32_t)len);
+		if (out)
+			stats.reinjected_out++;
+		else
+			stats.reinjected_in++;
+		held_release(h);
+		return;
+	}
+	mark = mark_with_tag(cfg->ml, 0, resume);
+	if (out) {
+		err = inject_out(pkt, len, mark);
+		stats.injected_out++;
+	} else {
+		if (v4 && !cksum_ipv4_header_ok(pkt, len)) {
+			stats.bad_cksum_in++;
+			return;
+		}
+		err = inject_in(pkt, len, mark);
+		stats.injected_in++;
+	}
+	if (err < 0) {
+		stats.inject_errors++;
+		log_limited(&rl_inject, 4, "cannot inject a packet %s: %s",
+			    out ? "outgoing" : "incoming", strerror(-err));
+	}
+}
+
+static void client_message(struct client *c, uint8_t *buf, size_t n)
+{
+	struct divert_wire_hdr m;
+
+	if (n < sizeof(m)) {
+		stats.bad_writes++;
+		return;
+	}
+	memcpy(&m, buf, sizeof(m));
+	if (m.version != DIVERT_WIRE_VERSION) {
+		stats.bad_writes++;
+		return;
+	}
+	switch (m.type) {
+	case DW_PACKET:
+		client_write(c, &m, buf + sizeof(m), n - sizeof(m));
+		break;
+	case DW_BIND:
+		client_bind(c, &m);
+		break;
+	case DW_SETOPT:
+		client_setopt(c, &m);
+		break;
+	default:
+		stats.bad_writes++;
+		break;
+	}
+}
+
+static void client_event(struct pollable *p, uint32_t events)
+{
+	struct client *c = (struct client *)p;
+	int n;
+
+	/* a few batches, then give the others a turn */
+	for (int round = 0; round < 4; round++) {
+		n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH, MSG_DONTWAIT, NULL);
+		if (n <= 0)
+			break;
+		for (int i = 0; i < n; i++) {
+			if (wmsgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+				stats.bad_writes++;
+			else if (wmsgs[i].msg_len == 0)
+				goto gone;	/* EOF */
+			else
+				client_message(c, wiov[i].iov_base,
+					       wmsgs[i].msg_len);
+			wmsgs[i].msg_hdr.msg_flags = 0;
+		}
+		if (n < WRITE_BATCH)
+			break;
+	}
+	if (n < 0 && errno != EAGAIN && errno != EINTR)
+		goto gone;
+	if ((events & (EPOLLHUP | EPOLLERR)) && n <= 0)
+		goto gone;
+	return;
+gone:
+	log_debug("client %d closed", (int)c->pid);
+	client_close(c);
+}
+
+static void listener_event(struct pollable *p, uint32_t events)
+{
+	struct divert_wire_hdr hello = {
+		.type = DW_WELCOME, .version = DIVERT_WIRE_VERSION,
+	};
+	struct ucred cred;
+	socklen_t credlen = sizeof(cred);
+	struct client *c;
+	int fd, v;
+
+	(void)events;
+	while ((fd = accept4(p->fd, NULL, NULL,
+			     SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) < 0 ||
+		    cred.uid != 0) {
+			/* creating a divert socket takes root */
+			close(fd);
+			continue;
+		}
+		if (nclients == MAX_CLIENTS || (c = calloc(1, sizeof(*c))) == NULL) {
+			log_limited(&rl_client, 4, "refusing client: %s",
+				    nclients == MAX_CLIENTS ? "too many clients"
+							   : strerror(errno));
+			close(fd);
+			continue;
+		}
+		c->p.fd = fd;
+		c->p.handle = client_event;
+		c->id = next_conn_id++;
+		c->pid = cred.pid;
+		c->rcvbuf = 65636;
+		v = (int)c->rcvbuf;
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+		hello.conn = c->id;
+		if (send(fd, &hello, sizeof(hello), MSG_NOSIGNAL) < 0 ||
+		    loop_add(&c->p, EPOLLIN) < 0) {
+			close(fd);
+			free(c);
+			continue;
+		}
+		clients[nclients++] = c;
+	}
+}
+
+/* ---- packets from the kernel ----------------------------------------- */
+
+void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
+{
+	uint16_t tag = mark_tag(cfg->ml, pkt->mark);
+	const struct rule *r = rules_find_queue_rule(cfg->rs, tag, pkt->queue);
+	bool tee = r != NULL && r->action == ACT_TEE;
+	struct client *c = port_owner[pkt->queue];
+	const struct iface *in;
+	struct pending *pd;
+	struct held *h = NULL;
+
+	(void)arg;
+	if (tee)	/* the original goes on after the tee rule at once */
+		nfqb_verdict(pkt->queue, pkt->id, NF_REPEAT, &pkt->mark, NULL, 0);
+	if (c == NULL) {
+		if (!tee) {
+			nfqb_verdict(pkt->queue, pkt->id, NF_DROP, NULL, NULL, 0);
+			stats.noport++;
+		}
+		return;
+	}
+	if (npending == PENDING_MAX)
+		divert_sock_flush();
+	if (pkt->csum_not_ready)
+		cksum_complete_l4(pkt->data, pkt->len);
+	if (!tee) {
+		h = held_get(c, now_ms());
+		h->queue = pkt->queue;
+		h->id = pkt->id;
+		h->mark = pkt->mark;
+		h->dir = pkt->hook == NF_INET_PRE_ROUTING ? DIR_IN : DIR_OUT;
+		h->key = packet_key(pkt->data, pkt->len);
+		h->len = pkt->len;
+		h->hash = XXH3_64bits(pkt->data, pkt->len);
+	}
+	pd = &pending[npending++];
+	pd->c = c;
+	pd->h = h;
+	in = iftable_by_index((int)pkt->indev);
+	memset(&pd->hdr, 0, sizeof(pd->hdr));
+	pd->hdr.type = DW_PACKET;
+	pd->hdr.version = DIVERT_WIRE_VERSION;
+	divert_wire_make_addr(&pd->hdr.addr, tag,
+			      pkt->hook == NF_INET_PRE_ROUTING,
+			      in != NULL ? in->first_v4 : (struct in_addr){ 0 },
+			      in != NULL ? in->name : NULL);
+	pd->iov[0].iov_base = &pd->hdr;
+	pd->iov[0].iov_len = sizeof(pd->hdr);
+	pd->iov[1].iov_base = pkt->data;
+	pd->iov[1].iov_len = pkt->len;
+}
+
+/* A send that failed: the client's buffer is full (FreeBSD drops the
+ * packet when the socket buffer is), or the client is gone. */
+static void pending_failed(struct pending *pd)
+{
+	if (pd->h != NULL)
+		held_drop(pd->h);
+	stats.full++;
+}
+
+void divert_sock_flush(void)
+{
+	unsigned i = 0;
+
+	while (i < npending) {
+		struct client *c = pending[i].c;
+		unsigned run = 1, sent = 0;
+		int n;
+
+		if (c == NULL) {	/* closed during this batch */
+			i++;
+			continue;
+		}
+		while (i + run < npending && pending[i + run].c == c)
+			run++;
+		for (unsigned k = 0; k < run; k++) {
+			memset(&pending_msgs[i + k], 0, sizeof(pending_msgs[0]));
+			pending_msgs[i + k].msg_hdr.msg_iov = pending[i + k].iov;
+			pending_msgs[i + k].msg_hdr.msg_iovlen = 2;
+		}
+		while (sent < run) {
+			n = sendmmsg(c->p.fd, &pending_msgs[i + sent], run - sent,
+				     MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (n <= 0) {
+				/* the first unsent one failed: drop it, try
+				 * the rest (a smaller one may still fit) */
+				pending_failed(&pending[i + sent]);
+				sent++;
+				continue;
+			}
+			for (int k = 0; k < n; k++) {
+				if (pending[i + sent + (unsigned)k].h != NULL)
+					stats.diverted++;
+				else
+					stats.teed++;
+			}
+			sent += (unsigned)n;
+		}
+		i += run;
+	}
+	npending = 0;
+}
+
+/* ---- the listening socket -------------------------------------------- */
+
+static int make_parent_dir(const char *path)
+{
+	char dir[sizeof(listen_path)];
+	char *slash;
+
+	snprintf(dir, sizeof(dir), "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash == NULL || slash == dir)
+		return 0;
+	*slash = '\0';
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return -1;
+	return 0;
+}
+
+int divert_sock_open(const struct divert_config *c)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	char tmp[sizeof(sun.sun_path)];
+	int fd;
+
+	cfg = c;
+	if (strlen(c->socket_path) >= sizeof(sun.sun_path) - 16) {
+		log_err("socket path too long: %s", c->socket_path);
+		return -1;
+	}
+	held_pool = calloc(HELD_POOL, sizeof(*held_pool));
+	wbuf = malloc((size_t)WRITE_BATCH * WRITE_SLOT);
+	if (held_pool == NULL || wbuf == NULL)
+		return -1;
+	for (size_t i = 0; i < HELD_POOL; i++) {
+		held_pool[i].gnext = held_free;
+		held_free = &held_pool[i];
+	}
+	for (int i = 0; i < WRITE_BATCH; i++) {
+		wiov[i].iov_base = wbuf + (size_t)i * WRITE_SLOT;
+		wiov[i].iov_len = WRITE_SLOT;
+		wmsgs[i].msg_hdr.msg_iov = &wiov[i];
+		wmsgs[i].msg_hdr.msg_iovlen = 1;
+	}
+
+	if (make_parent_dir(c->socket_path) < 0) {
+		log_err("cannot create the directory of %s: %s", c->socket_path,
+			strerror(errno));
+		return -1;
+	}
+	/* bind a temporary name and rename it into place: the socket file
+	 * appears only when it already accepts connections */
+	snprintf(tmp, sizeof(tmp), "%s.%d", c->socket_path, (int)getpid());
+	unlink(tmp);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", tmp);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
+	    chmod(tmp, 0600) < 0 || listen(fd, SOMAXCONN) < 0 ||
+	    rename(tmp, c->socket_path) < 0) {
+		log_err("cannot listen on %s: %s", c->socket_path, strerror(errno));
+		unlink(tmp);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	snprintf(listen_path, sizeof(listen_path), "%s", c->socket_path);
+	listener.fd = fd;
+	listener.handle = listener_event;
+	return loop_add(&listener, EPOLLIN);
+}
+
+void divert_sock_close(void)
+{
+	while (nclients > 0)
+		client_close(clients[0]);
+	while (gfirst != NULL)
+		held_drop(gfirst);
+	if (listener.fd >= 0) {
+		close(listener.fd);
+		unlink(listen_path);
+	}
+	listener.fd = -1;
+	free(held_pool);
+	free(wbuf);
+	held_pool = NULL;
+	wbuf = NULL;
+}
+
+const struct divert_stats *divert_sock_stats(void)
+{
+	return &stats;
+}

@@ -1,0 +1,377 @@
+/*
+ * divertd.c: the daemon's life: options, setup in a careful order, one
+ * epoll loop, and teardown on SIGTERM / SIGINT.
+ *
+ * Setup order matters to clients and to traffic:
+ *   1. parse the config (errors name FILE:LINE and stop us);
+ *   2. refuse to run twice: nobody may already answer on our socket, and
+ *      one divertd per network namespace (an abstract UNIX name, which is
+ *      per namespace, is our lock; the kernel frees it when we die);
+ *   3. remove rules a crashed divertd may have left, bind the NFQUEUE
+ *      queues, open the interface table and the injection sockets;
+ *   4. install the rules;
+ *   5. create the client socket: its file appears only now, so a client
+ *      that waits for it knows everything is in place.
+ * Signal handlers only set flags; the loop sees them because signals are
+ * blocked except inside epoll_pwait().
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include "divertd.h"
+#include "divert.h"
+
+#define DEFAULT_CONFIG "/etc/divertd.conf"
+#define DEFAULT_MASK 0xffff0000u
+#define DEFAULT_HOLD_MS 5000
+#define QUEUE_MAXLEN 4096
+#define MAX_PORTS 1024
+
+static volatile sig_atomic_t stop_signal, dump_stats;
+static int epfd = -1;
+
+static void on_signal(int sig)
+{
+	if (sig == SIGUSR1)
+		dump_stats = 1;
+	else
+		stop_signal = sig;
+}
+
+int loop_add(struct pollable *p, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = p };
+
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, p->fd, &ev);
+}
+
+void loop_del(struct pollable *p)
+{
+	epoll_ctl(epfd, EPOLL_CTL_DEL, p->fd, NULL);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: divertd [-dnv] [-f FILE] [-s SOCKET] [-b auto|nftables|iptables]\n"
+"               [-m MASK] [-t MS]\n"
+"FreeBSD divert(4) sockets on Linux: compiles ipfw-style rules into the\n"
+"kernel's firewall, relays diverted packets to divert programs (run them\n"
+"with LD_PRELOAD=libdivert_shim.so) and re-injects what they write.\n"
+"\n"
+"  -d         stay in the foreground (otherwise detach once ready)\n"
+"  -f FILE    rules, one ipfw rule per line (default " DEFAULT_CONFIG ")\n"
+"  -n         only check FILE and print the rules both backends would\n"
+"             install; exit 0, or print FILE:LINE: problem and exit 1\n"
+"  -s SOCKET  client socket (default " DIVERT_SOCKET_DEFAULT ")\n"
+"  -b BACKEND nftables or iptables; auto (default) probes for nft queue\n"
+"  -m MASK    packet mark bits that carry the re-entry tag: contiguous,\n"
+"             16 bits or more (default 0x%08x)\n"
+"  -t MS      how long a packet read but never written back is held\n"
+"             before it is dropped (default %d)\n"
+"  -v         log debug messages\n"
+"  -h         this help\n", DEFAULT_MASK, DEFAULT_HOLD_MS);
+}
+
+/* Print what -n shows: the text of both backends. */
+static void print_rules(const struct ruleset *rs, const struct mark_layout *ml)
+{
+	char *nft = rules_nft_text(rs, ml);
+	char *ipt4 = rules_ipt_text(rs, ml, 4);
+	char *ipt6 = rules_ipt_text(rs, ml, 6);
+
+	printf("# nftables: nft -f -\n%s\n", nft ? nft : "");
+	printf("# iptables: iptables-restore --noflush\n%s\n", ipt4 ? ipt4 : "");
+	printf("# ip6tables: ip6tables-restore --noflush\n%s", ipt6 ? ipt6 : "");
+	free(nft);
+	free(ipt4);
+	free(ipt6);
+}
+
+/* 0 when nobody answers on path (a stale file is removed), -1 otherwise. */
+static int socket_free(const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	r = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+	close(fd);
+	if (r == 0) {
+		log_err("another divertd is already listening on %s", path);
+		return -1;
+	}
+	if (errno == ECONNREFUSED)
+		unlink(path);	/* left by a divertd that died */
+	return 0;
+}
+
+/* One divertd per network namespace: its rules and queues are per
+ * namespace.  The abstract socket name lives as long as this process. */
+static int netns_lock(void)
+{
+	static const char name[] = "\0divertd-netns-lock";
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd;
+
+	memcpy(sun.sun_path, name, sizeof(name) - 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (bind(fd, (struct sockaddr *)&sun,
+		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+			     sizeof(name) - 1)) < 0) {
+		log_err("another divertd runs in this network namespace");
+		close(fd);
+		return -1;
+	}
+	return fd;	/* kept open until exit */
+}
+
+static void log_stats(void)
+{
+	const struct divert_stats *s = divert_sock_stats();
+	const struct nfqb_stats *q = nfqb_stats();
+
+	log_info("stats: %llu received, %llu diverted, %llu teed, %llu no socket, "
+		 "%llu full, %llu reinjected out, %llu reinjected in, "
+		 "%llu injected out, %llu injected in, %llu inject errors, "
+		 "%llu expired, %llu evicted, %llu bad writes, %llu bad checksums, "
+		 "%llu verdict errors",
+		 (unsigned long long)q->received, (unsigned long long)s->diverted,
+		 (unsigned long long)s->teed, (unsigned long long)s->noport,
+		 (unsigned long long)s->full,
+		 (unsigned long long)s->reinjected_out,
+		 (unsigned long long)s->reinjected_in,
+		 (unsigned long long)s->injected_out,
+		 (unsigned long long)s->injected_in,
+		 (unsigned long long)s->inject_errors,
+		 (unsigned long long)s->expired, (unsigned long long)s->evicted,
+		 (unsigned long long)s->bad_writes,
+		 (unsigned long long)s->bad_cksum_in,
+		 (unsigned long long)q->verdict_errors);
+}
+
+static void nfq_event(struct pollable *p, uint32_t events)
+{
+	(void)p;
+	(void)events;
+	/* a few batches per wakeup, each relayed before the next overwrites
+	 * the receive buffers */
+	for (int round = 0; round < 8; round++) {
+		int n = nfqb_receive(divert_sock_packet, NULL);
+		divert_sock_flush();
+		if (n < 0) {
+			log_err("netlink receive failed: %s", strerror(errno));
+			stop_signal = SIGTERM;
+			return;
+		}
+		if (n == 0)
+			break;
+	}
+}
+
+static void iftable_event(struct pollable *p, uint32_t events)
+{
+	(void)p;
+	(void)events;
+	iftable_process();
+}
+
+int main(int argc, char **argv)
+{
+	const char *config_path = DEFAULT_CONFIG;
+	const char *socket_path = getenv("DIVERT_SOCKET");
+	enum fw_backend backend = FW_AUTO;
+	bool foreground = false, check_only = false, verbose = false;
+	unsigned long mask = DEFAULT_MASK, hold_ms = DEFAULT_HOLD_MS;
+	struct ruleset rs = { 0 };
+	struct mark_layout ml;
+	struct divert_config dc;
+	struct pollable nfq_p, if_p;
+	uint16_t ports[MAX_PORTS];
+	size_t nports;
+	char err[512], *end;
+	sigset_t block, orig;
+	struct sigaction sa;
+	int opt, ret = 1;
+
+	if (socket_path == NULL || *socket_path == '\0')
+		socket_path = DIVERT_SOCKET_DEFAULT;
+	while ((opt = getopt(argc, argv, "b:df:hm:ns:t:v")) != -1) {
+		switch (opt) {
+		case 'b':
+			if (strcmp(optarg, "nftables") == 0 || strcmp(optarg, "nft") == 0)
+				backend = FW_NFT;
+			else if (strcmp(optarg, "iptables") == 0)
+				backend = FW_IPT;
+			else if (strcmp(optarg, "auto") == 0)
+				backend = FW_AUTO;
+			else {
+				fprintf(stderr, "divertd: -b takes auto, nftables or iptables\n");
+				return 1;
+			}
+			break;
+		case 'd':
+			foreground = true;
+			break;
+		case 'f':
+			config_path = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'm':
+			errno = 0;
+			mask = strtoul(optarg, &end, 0);
+			if (errno || *end || mask > 0xffffffffUL) {
+				fprintf(stderr, "divertd: bad mark mask '%s'\n", optarg);
+				return 1;
+			}
+			break;
+		case 'n':
+			check_only = true;
+			break;
+		case 's':
+			socket_path = optarg;
+			break;
+		case 't':
+			errno = 0;
+			hold_ms = strtoul(optarg, &end, 10);
+			if (errno || *end || hold_ms == 0 || hold_ms > 3600000) {
+				fprintf(stderr, "divertd: -t takes 1..3600000 milliseconds\n");
+				return 1;
+			}
+			break;
+		case 'v':
+			verbose = true;
+			break;
+		default:
+			usage(stderr);
+			return 1;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 1;
+	}
+	log_init("divertd", verbose ? 7 : 6);
+
+	if (config_parse_file(config_path, &rs, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (mark_layout_init(&ml, (uint32_t)mask) < 0) {
+		fprintf(stderr, "divertd: mark mask 0x%08lx must be one run of "
+			"16 or more bits\n", mask);
+		goto out_rules;
+	}
+	if (check_only) {
+		print_rules(&rs, &ml);
+		ret = 0;
+		goto out_rules;
+	}
+
+	if (socket_free(socket_path) < 0 || netns_lock() < 0)
+		goto out_rules;
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (epfd < 0) {
+		log_err("epoll: %s", strerror(errno));
+		goto out_rules;
+	}
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGUSR1);
+	sigprocmask(SIG_BLOCK, &block, &orig);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (backend == FW_AUTO)
+		backend = fw_probe();
+	fw_remove();
+	nports = rules_ports(&rs, ports, MAX_PORTS);
+	if (nfqb_open(ports, nports, QUEUE_MAXLEN) < 0 || iftable_open() < 0 ||
+	    inject_open() < 0)
+		goto out_close;
+	nfq_p.fd = nfqb_fd();
+	nfq_p.handle = nfq_event;
+	if_p.fd = iftable_fd();
+	if_p.handle = iftable_event;
+	if (loop_add(&nfq_p, EPOLLIN) < 0 || loop_add(&if_p, EPOLLIN) < 0)
+		goto out_close;
+	if (fw_install(backend, &rs, &ml) < 0) {
+		log_err("cannot install the rules with %s", fw_backend_name(backend));
+		goto out_close;
+	}
+	dc.socket_path = socket_path;
+	dc.rs = &rs;
+	dc.ml = &ml;
+	dc.hold_ms = (unsigned)hold_ms;
+	if (divert_sock_open(&dc) < 0)
+		goto out_rules_installed;
+	log_info("ready: %zu rules, %zu divert ports, %s backend, socket %s",
+		 rs.n, nports, fw_backend_name(backend), socket_path);
+
+	if (!foreground) {
+		pid_t pid = fork();
+		if (pid < 0) {
+			log_err("fork: %s", strerror(errno));
+			goto out_rules_installed;
+		}
+		if (pid > 0)
+			_exit(0);
+		setsid();
+	}
+
+	while (!stop_signal) {
+		struct epoll_event ev[64];
+		int n = epoll_pwait(epfd, ev, 64, divert_sock_timeout(), &orig);
+
+		if (n < 0 && errno != EINTR) {
+			log_err("epoll_pwait: %s", strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			struct pollable *p = ev[i].data.ptr;
+			p->handle(p, ev[i].events);
+		}
+		divert_sock_expire();
+		nfqb_flush();
+		if (dump_stats) {
+			dump_stats = 0;
+			log_stats();
+		}
+	}
+	if (stop_signal)
+		log_info("signal %d: removing rules and exiting", (int)stop_signal);
+	ret = stop_signal ? 0 : 1;
+	log_stats();
+out_rules_installed:
+	fw_remove();
+out_close:
+	divert_sock_close();
+	nfqb_close();
+	inject_close();
+	iftable_close();
+	if (ret != 0 && !stop_signal)
+		fw_remove();
+out_rules:
+	ruleset_free(&rs);
+	return ret;
+}

@@ -1,0 +1,301 @@
+/*
+ * divertd.h: the daemon's private header, a map of the program.
+ *
+ * Prototypes are grouped by the file that defines them; each file says at
+ * its top what it owns.  In short:
+ *   config.c       ipfw-style config text -> struct ruleset
+ *   rules.c        struct ruleset -> nftables / iptables-restore text; tags
+ *   firewall.c     installs and removes that text (libnftables, iptables-restore)
+ *   nfq_bridge.c   the only code that speaks NETLINK_NETFILTER (NFQUEUE)
+ *   divert_sock.c  the only code that speaks the client protocol
+ *   inject.c       packets written that answer no held packet
+ *   cksum.c        checksum completion before a client sees a packet
+ *   log.c          logging to stderr, journald-style priority prefixes
+ *   divertd.c      options, setup, the poll loop, signals, teardown
+ */
+#ifndef DIVERTD_H
+#define DIVERTD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <net/if.h>
+#include <netinet/in.h>
+
+/* Netlink messages we build or read outside the packet path. */
+#define NL_BUFSIZE 32768
+
+/* ---- config.c -------------------------------------------------------- */
+
+enum rule_action {
+	ACT_DIVERT,	/* arg = divert port */
+	ACT_TEE,	/* arg = divert port */
+	ACT_ALLOW,
+	ACT_DENY,
+	ACT_COUNT,
+	ACT_SKIPTO,	/* arg = rule number to skip to */
+};
+
+#define FAM_V4 0x1u
+#define FAM_V6 0x2u
+
+#define DIR_IN  0x1u	/* the incoming pass (PREROUTING) */
+#define DIR_OUT 0x2u	/* the outgoing pass (OUTPUT, FORWARD) */
+
+enum addr_kind { ADDR_ANY, ADDR_ME, ADDR_ME6, ADDR_PREFIX };
+
+#define RULE_MAX_PORTS 32
+#define RULE_MAX_ICMPTYPES 32
+#define RULE_MAX_IFACES 4
+
+struct port_range {
+	uint16_t lo, hi;		/* lo == hi for a single port */
+};
+
+struct rule_addr {
+	enum addr_kind kind;
+	bool neg;			/* "not" before the address */
+	int family;			/* AF_INET / AF_INET6 for ADDR_PREFIX */
+	union {
+		struct in_addr v4;
+		struct in6_addr v6;
+	} addr;				/* host bits already cleared */
+	int plen;			/* prefix length */
+	struct port_range ports[RULE_MAX_PORTS];
+	int nports;			/* 0: any port */
+};
+
+enum iface_kind { IFACE_VIA, IFACE_RECV, IFACE_XMIT };
+
+struct rule_iface {
+	enum iface_kind kind;
+	bool neg;
+	char name[IFNAMSIZ];
+};
+
+#define PROTO_ANY (-1)		/* ip, ip4, ip6, all */
+
+struct rule {
+	uint16_t num;			/* 1..65534 */
+	enum rule_action action;
+	uint16_t arg;			/* port or skipto target */
+	int proto;			/* IPPROTO_* number or PROTO_ANY */
+	unsigned families;		/* FAM_V4|FAM_V6 the rule can match */
+	unsigned dirs;			/* DIR_IN|DIR_OUT passes it runs in */
+	struct rule_addr src, dst;
+	struct rule_iface ifaces[RULE_MAX_IFACES];
+	int nifaces;
+	uint8_t icmptypes[RULE_MAX_ICMPTYPES];
+	int nicmptypes;			/* 0: no icmptypes option */
+	bool icmptypes_neg;
+	int line;			/* line in the config file */
+};
+
+struct ruleset {
+	struct rule *rules;		/* sorted by num; equal nums keep file order */
+	size_t n;
+};
+
+/* Parse a whole config.  On error returns -1 and writes "NAME:LINE: what is
+ * wrong" into err; rs is then untouched.  name is used in messages only. */
+int config_parse_string(const char *text, const char *name,
+			struct ruleset *rs, char *err, size_t errlen);
+int config_parse_file(const char *path, struct ruleset *rs,
+		      char *err, size_t errlen);
+void ruleset_free(struct ruleset *rs);
+
+/* ---- rules.c ---------------------------------------------------------- */
+
+/* How the generated rules carry a tag in the packet mark. */
+struct mark_layout {
+	uint32_t mask;			/* contiguous, >= 16 bits */
+	unsigned shift;			/* ctz(mask) */
+};
+
+int mark_layout_init(struct mark_layout *ml, uint32_t mask);
+static inline uint32_t mark_with_tag(const struct mark_layout *ml,
+				     uint32_t mark, uint16_t tag)
+{
+	return (mark & ~ml->mask) | (((uint32_t)tag << ml->shift) & ml->mask);
+}
+static inline uint16_t mark_tag(const struct mark_layout *ml, uint32_t mark)
+{
+	return (uint16_t)((mark & ml->mask) >> ml->shift);
+}
+
+/* The tag a written packet resumes after: the largest rule number <= tag,
+ * or 0 (start of the list) when no rule is numbered <= tag. */
+uint16_t rules_resume_tag(const struct ruleset *rs, uint16_t tag);
+
+/* The divert or tee rule numbered num that sends to port, or NULL. */
+const struct rule *rules_find_queue_rule(const struct ruleset *rs,
+					 uint16_t num, uint16_t port);
+
+/* Distinct divert/tee ports, ascending; returns how many (<= max). */
+size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max);
+
+/* Generated text, malloc'd, NUL-terminated; NULL on allocation failure.
+ * nft: the "table inet divertd { ... }" block.
+ * ipt: input for iptables-restore --noflush (family 4) or
+ *      ip6tables-restore --noflush (family 6). */
+char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml);
+char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
+		     int family);
+
+
+/* ---- divertd.c -------------------------------------------------------- */
+
+/* Everything the poll loop watches embeds one of these; data.ptr of its
+ * epoll event points to it. */
+struct pollable {
+	int fd;
+	void (*handle)(struct pollable *self, uint32_t events);
+};
+int loop_add(struct pollable *p, uint32_t events);
+void loop_del(struct pollable *p);
+
+/* ---- log.c ------------------------------------------------------------ */
+
+/* Priorities as syslog(3); with $JOURNAL_STREAM set, lines carry the
+ * "<N>" prefix journald reads, otherwise a word ("error: "). */
+void log_init(const char *progname, int max_priority);
+void log_msg(int priority, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* At most `burst` messages per 5 seconds per call site (per-packet path). */
+struct log_ratelimit {
+	uint64_t window_start;
+	unsigned count, suppressed;
+};
+void log_limited(struct log_ratelimit *rl, int priority, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+#define log_err(...)   log_msg(3, __VA_ARGS__)
+#define log_warn(...)  log_msg(4, __VA_ARGS__)
+#define log_info(...)  log_msg(6, __VA_ARGS__)
+#define log_debug(...) log_msg(7, __VA_ARGS__)
+
+/* ---- cksum.c ---------------------------------------------------------- */
+
+/* Fill in the TCP or UDP checksum of an IPv4 or IPv6 packet whose checksum
+ * the kernel left for the NIC.  Returns 0, or -1 if the packet is too
+ * malformed to find its transport header (it is then left as is). */
+int cksum_complete_l4(uint8_t *pkt, size_t len);
+/* Recompute the IPv4 header checksum in place. */
+void cksum_set_ipv4_header(uint8_t *pkt);
+/* True when the IPv4 header checksum is valid. */
+bool cksum_ipv4_header_ok(const uint8_t *pkt, size_t len);
+
+/* ---- iftable.c -------------------------------------------------------- */
+
+/* The host's interfaces as rtnetlink reports them, kept current from its
+ * notifications, so the per-packet path needs no syscall to name one. */
+struct iface {
+	int index;
+	char name[IFNAMSIZ];
+	struct in_addr first_v4;	/* INADDR_ANY when it has none */
+	bool has_v4;
+};
+int iftable_open(void);			/* -1 on failure, errno set */
+int iftable_fd(void);
+void iftable_process(void);		/* after the fd polls readable */
+const struct iface *iftable_by_index(int index);
+const struct iface *iftable_by_name(const char *name);
+const struct iface *iftable_by_v4(struct in_addr addr);
+void iftable_close(void);
+
+/* ---- inject.c --------------------------------------------------------- */
+
+/* Fresh injection of packets that answer no held packet.
+ * Outgoing: a raw IP socket, the mark carrying the tag, so the packet runs
+ * the outgoing pass after the tag.  Incoming: a veth pair of our own
+ * (INJECT_IFNAME receives what we write on its peer through AF_PACKET),
+ * marked likewise, so the stack receives it and the incoming pass resumes
+ * after the tag. */
+#define INJECT_IFNAME "divertd0"
+#define INJECT_PEER   "divertd1"
+int inject_open(void);
+void inject_close(void);
+/* 0 or -errno (routing errors and the like). */
+int inject_out(const uint8_t *pkt, size_t len, uint32_t mark);
+int inject_in(const uint8_t *pkt, size_t len, uint32_t mark);
+
+/* ---- firewall.c ------------------------------------------------------- */
+
+enum fw_backend { FW_AUTO, FW_NFT, FW_IPT };
+const char *fw_backend_name(enum fw_backend b);
+/* FW_NFT when this kernel takes nft `queue`, else FW_IPT. */
+enum fw_backend fw_probe(void);
+/* Remove whatever an earlier divertd left, then install the rules. */
+int fw_install(enum fw_backend b, const struct ruleset *rs,
+	       const struct mark_layout *ml);
+/* Remove our rules from both backends; quiet when there are none. */
+void fw_remove(void);
+
+/* ---- nfq_bridge.c ----------------------------------------------------- */
+
+/* One packet handed to userspace by NFQUEUE; data points into the receive
+ * buffer and stays valid until the next nfqb_receive(). */
+struct nfqb_packet {
+	uint16_t queue;
+	uint32_t id;
+	uint8_t hook;			/* NF_INET_PRE_ROUTING, ... */
+	uint16_t l3proto;		/* ETH_P_IP / ETH_P_IPV6 */
+	uint32_t mark;
+	uint32_t indev, outdev;		/* ifindex, 0 when none */
+	bool csum_not_ready;
+	bool gso;
+	uint8_t *data;
+	uint32_t len;
+};
+typedef void (*nfqb_packet_fn)(struct nfqb_packet *pkt, void *arg);
+
+int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen);
+int nfqb_fd(void);
+/* Read one batch of packets and call fn for each; returns the number read,
+ * 0 when none were waiting, -1 on a fatal socket error. */
+int nfqb_receive(nfqb_packet_fn fn, void *arg);
+/* Queue a verdict; sent by nfqb_flush() (or when the batch fills up).
+ * payload NULL keeps the packet as the kernel holds it. */
+void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,
+		  const uint32_t *mark, const void *payload, uint32_t len);
+void nfqb_flush(void);
+void nfqb_close(void);
+struct nfqb_stats {
+	uint64_t received, verdicts, verdict_errors, malformed;
+};
+const struct nfqb_stats *nfqb_stats(void);
+
+/* ---- divert_sock.c ---------------------------------------------------- */
+
+struct divert_config {
+	const char *socket_path;
+	const struct ruleset *rs;
+	const struct mark_layout *ml;
+	unsigned hold_ms;		/* how long an unanswered packet is held */
+};
+struct divert_stats {
+	uint64_t diverted;		/* delivered to a client */
+	uint64_t teed;			/* tee copies delivered */
+	uint64_t noport;		/* diverted to a port with no socket */
+	uint64_t full;			/* dropped: client's buffer full */
+	uint64_t reinjected_out, reinjected_in;
+	uint64_t injected_out, injected_in;	/* fresh, answering nothing */
+	uint64_t inject_errors;
+	uint64_t expired;		/* held too long, dropped */
+	uint64_t evicted;		/* held on a closed or overfull client */
+	uint64_t bad_writes;		/* client messages refused */
+	uint64_t bad_cksum_in;		/* incoming writes with a bad header */
+};
+/* Listen on cfg->socket_path (created atomically, mode 0600). */
+int divert_sock_open(const struct divert_config *cfg);
+/* The NFQUEUE side hands each packet here (nfqb_packet_fn). */
+void divert_sock_packet(struct nfqb_packet *pkt, void *arg);
+/* End of a netlink batch: flush sends to clients. */
+void divert_sock_flush(void);
+/* Milliseconds until the next held packet expires, -1 for none. */
+int divert_sock_timeout(void);
+/* Drop held packets whose time is up. */
+void divert_sock_expire(void);
+void divert_sock_close(void);
+const struct divert_stats *divert_sock_stats(void);
+
+#endif /* DIVERTD_H */

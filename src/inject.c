@@ -1,0 +1,261 @@
+/*
+ * inject.c: packets written that answer no held packet.
+ *
+ * A written packet that answers a held one goes back to the kernel as that
+ * packet's NFQUEUE verdict (divert_sock.c).  Anything else is a new packet,
+ * as every write is on FreeBSD, and enters the stack here:
+ *
+ *  - outgoing (sin_addr INADDR_ANY): a raw IP socket (IPPROTO_RAW, so the
+ *    header is the program's).  The kernel fills a zero source address and
+ *    recomputes the IPv4 header checksum, as FreeBSD does.  The packet runs
+ *    the OUTPUT hook, where the mark (SO_MARK control message, the tag in
+ *    our bits) makes the outgoing pass resume after the tag.
+ *
+ *  - incoming: a veth pair of our own.  We write an Ethernet frame on the
+ *    peer (INJECT_PEER) with an AF_PACKET socket; INJECT_IFNAME receives it,
+ *    so it runs PREROUTING, where the mark makes the incoming pass resume
+ *    after the tag, and then local delivery or forwarding.  (A raw socket
+ *    to a local address would also run the outgoing pass and arrive on lo.)
+ *    The veth pair stays in this network namespace, so the mark survives.
+ *
+ * Neither path allocates; each packet is one sendmsg().
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/ip.h>
+#include <netinet/ip6.h>
+#include <linux/if_link.h>
+#include <linux/if_packet.h>
+#include <linux/rtnetlink.h>
+#include <linux/veth.h>
+#include <libmnl/libmnl.h>
+#include <sys/socket.h>
+
+#include "divertd.h"
+
+/* The receiving side's address: locally administered, fixed, so the frames
+ * we write need no lookup. */
+static const uint8_t inject_mac[ETH_ALEN] = { 0x02, 0xd1, 0x5e, 0x27, 0x00, 0x01 };
+
+static int raw4 = -1, raw6 = -1, packet_fd = -1;
+static int peer_index;
+
+/* One rtnetlink request, waiting for its acknowledgement.  Returns 0 or
+ * -errno. */
+static int rtnl_request(struct nlmsghdr *nlh)
+{
+	char buf[NL_BUFSIZE];
+	struct mnl_socket *nl;
+	uint32_t portid;
+	ssize_t n;
+	int ret;
+
+	nl = mnl_socket_open2(NETLINK_ROUTE, SOCK_CLOEXEC);
+	if (nl == NULL)
+		return -errno;
+	if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	portid = mnl_socket_get_portid(nl);
+	nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+	nlh->nlmsg_seq = 1;
+	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
+	if (n < 0) {
+		ret = -errno;
+		goto out;
+	}
+	ret = mnl_cb_run(buf, (size_t)n, 1, portid, NULL, NULL) < 0 ? -errno : 0;
+out:
+	mnl_socket_close(nl);
+	return ret;
+}
+
+static int link_delete(const char *name)
+{
+	char buf[NL_BUFSIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	struct ifinfomsg *ifm;
+
+	nlh->nlmsg_type = RTM_DELLINK;
+	ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
+	ifm->ifi_family = AF_UNSPEC;
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	return rtnl_request(nlh);
+}
+
+static int link_create_veth(void)
+{
+	char buf[NL_BUFSIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	struct nlattr *linkinfo, *data, *peer;
+	struct ifinfomsg *ifm, *pifm;
+
+	nlh->nlmsg_type = RTM_NEWLINK;
+	nlh->nlmsg_flags = NLM_F_CREATE | NLM_F_EXCL;
+	ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
+	ifm->ifi_family = AF_UNSPEC;
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, INJECT_IFNAME);
+	mnl_attr_put(nlh, IFLA_ADDRESS, sizeof(inject_mac), inject_mac);
+	linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
+	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "veth");
+	data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
+	peer = mnl_attr_nest_start(nlh, VETH_INFO_PEER);
+	pifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*pifm));
+	pifm->ifi_family = AF_UNSPEC;
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, INJECT_PEER);
+	mnl_attr_nest_end(nlh, peer);
+	mnl_attr_nest_end(nlh, data);
+	mnl_attr_nest_end(nlh, linkinfo);
+	return rtnl_request(nlh);
+}
+
+static int link_up(const char *name)
+{
+	char buf[NL_BUFSIZE];
+	struct nlmsghdr *nlh = mnl_nlmsg_put_header(buf);
+	struct ifinfomsg *ifm;
+
+	nlh->nlmsg_type = RTM_NEWLINK;
+	ifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*ifm));
+	ifm->ifi_family = AF_UNSPEC;
+	ifm->ifi_flags = IFF_UP;
+	ifm->ifi_change = IFF_UP;
+	mnl_attr_put_strz(nlh, IFLA_IFNAME, name);
+	return rtnl_request(nlh);
+}
+
+/* Injected packets come from anywhere: the receiving side must not apply
+ * reverse-path filtering, and may see our own source addresses. */
+static void set_sysctl(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || write(fd, value, strlen(value)) < 0)
+		log_warn("cannot set %s to %s: %s", path, value, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
+int inject_open(void)
+{
+	struct sockaddr_ll sll;
+	int r;
+
+	raw4 = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+	raw6 = socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
+	if (raw4 < 0 || raw6 < 0) {
+		log_err("cannot open raw IP sockets: %s", strerror(errno));
+		return -1;
+	}
+	link_delete(INJECT_IFNAME);	/* left by an earlier instance */
+	r = link_create_veth();
+	if (r < 0) {
+		log_err("cannot create the veth pair %s/%s: %s", INJECT_IFNAME,
+			INJECT_PEER, strerror(-r));
+		return -1;
+	}
+	/* up only once both ends exist (veth refuses before) */
+	if ((r = link_up(INJECT_PEER)) < 0 || (r = link_up(INJECT_IFNAME)) < 0) {
+		log_err("cannot bring %s up: %s", INJECT_IFNAME, strerror(-r));
+		return -1;
+	}
+	set_sysctl("/proc/sys/net/ipv4/conf/" INJECT_IFNAME "/rp_filter", "0");
+	set_sysctl("/proc/sys/net/ipv4/conf/" INJECT_IFNAME "/accept_local", "1");
+	peer_index = (int)if_nametoindex(INJECT_PEER);
+	if (peer_index == 0) {
+		log_err("veth peer %s vanished: %s", INJECT_PEER, strerror(errno));
+		return -1;
+	}
+	packet_fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (packet_fd < 0) {
+		log_err("cannot open a packet socket: %s", strerror(errno));
+		return -1;
+	}
+	memset(&sll, 0, sizeof(sll));
+	sll.sll_family = AF_PACKET;
+	sll.sll_ifindex = peer_index;
+	sll.sll_protocol = 0;	/* send only: receive nothing */
+	if (bind(packet_fd, (struct sockaddr *)&sll, sizeof(sll)) < 0) {
+		log_err("cannot bind the packet socket: %s", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+void inject_close(void)
+{
+	if (raw4 >= 0)
+		close(raw4);
+	if (raw6 >= 0)
+		close(raw6);
+	if (packet_fd >= 0)
+		close(packet_fd);
+	raw4 = raw6 = packet_fd = -1;
+	if (peer_index)
+		link_delete(INJECT_IFNAME);
+	peer_index = 0;
+}
+
+/* sendmsg with the mark as an SO_MARK control message. */
+static int send_marked(int fd, const void *pkt, size_t len, void *name,
+		       socklen_t namelen, uint32_t mark)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(uint32_t))];
+		struct cmsghdr align;
+	} ctl;
+	struct iovec iov = { .iov_base = (void *)(uintptr_t)pkt, .iov_len = len };
+	struct msghdr msg = {
+		.msg_name = name, .msg_namelen = namelen,
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf),
+	};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SO_MARK;
+	cm->cmsg_len = CMSG_LEN(sizeof(uint32_t));
+	memcpy(CMSG_DATA(cm), &mark, sizeof(mark));
+	if (sendmsg(fd, &msg, MSG_DONTWAIT) < 0)
+		return -errno;
+	return 0;
+}
+
+int inject_out(const uint8_t *pkt, size_t len, uint32_t mark)
+{
+	if ((pkt[0] >> 4) == 4) {
+		struct sockaddr_in sin = { .sin_family = AF_INET };
+		memcpy(&sin.sin_addr, pkt + 16, 4);
+		return send_marked(raw4, pkt, len, &sin, sizeof(sin), mark);
+	} else {
+		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
+		if (len < sizeof(struct ip6_hdr))
+			return -EINVAL;
+		memcpy(&sin6.sin6_addr, pkt + 24, 16);
+		return send_marked(raw6, pkt, len, &sin6, sizeof(sin6), mark);
+	}
+}
+
+int inject_in(const uint8_t *pkt, size_t len, uint32_t mark)
+{
+	struct sockaddr_ll sll = {
+		.sll_family = AF_PACKET,
+		.sll_ifindex = peer_index,
+		.sll_halen = ETH_ALEN,
+	};
+
+	sll.sll_protocol = htons((pkt[0] >> 4) == 4 ? ETH_P_IP : ETH_P_IPV6);
+	memcpy(sll.sll_addr, inject_mac, ETH_ALEN);
+	return send_marked(packet_fd, pkt, len, &sll, sizeof(sll), mark);
+}

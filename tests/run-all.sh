@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# run-all.sh: every test, the way CI runs it (as root, on Debian 12).
+#
+#   1. installs the build and test dependencies (tests/deps.sh);
+#   2. builds with -Werror and runs the unit tests (ctest: cmocka);
+#   3. checks the golden rulesets against the kernel's own parsers;
+#   4. runs the network-namespace suites on real packets;
+#   5. builds again with AddressSanitizer + UndefinedBehaviorSanitizer and
+#      runs the unit tests and the namespace suites under them.
+# Ends with one line "N passed, N failed, N skipped" over all of it and
+# exits nonzero on any failure.
+set -u
+cd "$(dirname "$0")/.."
+TOP=$PWD
+PASS=0 FAIL=0 SKIP=0
+
+bash tests/deps.sh || { echo "0 passed, 1 failed"; exit 1; }
+
+step() { # step NAME COMMAND...: counts a whole step as one result
+	local name=$1; shift
+	echo "=== $name"
+	if "$@"; then PASS=$((PASS + 1)); echo "=== ok: $name"
+	else FAIL=$((FAIL + 1)); echo "=== FAILED: $name"; fi
+}
+
+# suite NAME SCRIPT ENV...: a namespace suite; adds up its own counts
+suite() {
+	local name=$1 script=$2; shift 2
+	local log; log=$(mktemp)
+	echo "=== $name"
+	env "$@" bash "$script" 2>&1 | tee "$log"
+	local line; line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+	if [ -z "$line" ]; then
+		FAIL=$((FAIL + 1)); echo "=== FAILED: $name (no summary)"
+	else
+		read -r p _ f _ s _ <<<"$(echo "$line" | tr -d ',')"
+		PASS=$((PASS + p)); FAIL=$((FAIL + f)); SKIP=$((SKIP + ${s:-0}))
+	fi
+	rm -f "$log"
+}
+
+build() { # build DIR EXTRA_CMAKE_ARGS...
+	local dir=$1; shift
+	cmake -S "$TOP" -B "$dir" -DDIVERTD_WERROR=ON "$@" >/dev/null &&
+	cmake --build "$dir" -j"$(nproc)"
+}
+
+units() { (cd "$1" && ctest --output-on-failure); }
+
+step "build" build "$TOP/build"
+step "unit tests" units "$TOP/build"
+step "golden rulesets load in the kernel" bash tests/golden/check-syntax.sh
+for s in tests/netns/*.sh; do
+	[ "$(basename "$s")" = lib.sh ] && continue
+	suite "$(basename "$s" .sh)" "$s" BUILD="$TOP/build"
+done
+
+ASAN_LIB=$(gcc -print-file-name=libasan.so)
+step "build (ASan+UBSan)" build "$TOP/build-asan" -DDIVERTD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+step "unit tests (ASan+UBSan)" units "$TOP/build-asan"
+for s in tests/netns/*.sh; do
+	[ "$(basename "$s")" = lib.sh ] && continue
+	suite "$(basename "$s" .sh) (ASan+UBSan)" "$s" BUILD="$TOP/build-asan" \
+		PRELOAD="$ASAN_LIB $TOP/build-asan/libdivert_shim.so" \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=66 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+done
+
+echo "$PASS passed, $FAIL failed, $SKIP skipped"
+[ "$FAIL" -eq 0 ]
