@@ -261,7 +261,9 @@ void nfqb_flush(void);
 void nfqb_close(void);
 struct nfqb_stats {
 	uint64_t received, verdicts, verdict_errors, malformed;
+	uint64_t kernel_drops;		/* queue_dropped + user_dropped */
 };
+/* Counters; kernel_drops is read from /proc each call (not per packet). */
 const struct nfqb_stats *nfqb_stats(void);
 
 /* ---- divert_sock.c ---------------------------------------------------- */

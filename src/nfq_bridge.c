@@ -19,6 +19,7 @@
  *      NLM_F_ACK; the kernel reports only failures, which are counted.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -278,7 +279,26 @@ void nfqb_close(void)
 	vbatch = NULL;
 }
 
+/* The kernel's own drop counters for our queues (queue full, or our
+ * socket's buffer full with NETLINK_NO_ENOBUFS), read when asked for. */
+static void read_kernel_drops(void)
+{
+	FILE *f = fopen("/proc/net/netfilter/nfnetlink_queue", "re");
+	unsigned q, peer, total, mode, range, qdrop, udrop;
+	uint64_t sum = 0;
+
+	if (f == NULL)
+		return;
+	while (fscanf(f, "%u %u %u %u %u %u %u %*u %*u", &q, &peer, &total,
+		      &mode, &range, &qdrop, &udrop) == 7)
+		if (peer == portid)
+			sum += (uint64_t)qdrop + udrop;
+	fclose(f);
+	stats.kernel_drops = sum;
+}
+
 const struct nfqb_stats *nfqb_stats(void)
 {
+	read_kernel_drops();
 	return &stats;
 }
