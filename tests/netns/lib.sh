@@ -64,13 +64,14 @@ need_root() {
 	fi
 }
 
-# netns NAME: create a namespace with lo up; echoes its full name
+# netns_add VAR NAME: create a namespace with lo up; its full name goes
+# into VAR (no command substitution: the cleanup list must see it)
 netns_add() {
-	local ns="$NS_PREFIX-$1"
+	local ns="$NS_PREFIX-$2"
 	ip netns add "$ns" || return 1
 	NAMESPACES+=("$ns")
 	ip -n "$ns" link set lo up
-	echo "$ns"
+	printf -v "$1" '%s' "$ns"
 }
 
 # link NS1 IF1 ADDR1 NS2 IF2 ADDR2: a veth pair between two namespaces

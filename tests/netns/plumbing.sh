@@ -9,7 +9,7 @@
 . "$(dirname "$0")/lib.sh"
 need_root
 
-H=$(netns_add host) && P=$(netns_add peer) || { bad "create namespaces"; summary; exit 1; }
+netns_add H host && netns_add P peer || { bad "create namespaces"; summary; exit 1; }
 link "$H" eth0 192.0.2.1/24 "$P" eth0 192.0.2.2/24
 ip -n "$H" addr add 2001:db8::1/64 dev eth0 nodad
 ip -n "$P" addr add 2001:db8::2/64 dev eth0 nodad

@@ -13,7 +13,7 @@
 . "$(dirname "$0")/lib.sh"
 need_root
 
-H=$(netns_add host) && P=$(netns_add peer) || { bad "create namespaces"; summary; exit 1; }
+netns_add H host && netns_add P peer || { bad "create namespaces"; summary; exit 1; }
 link "$H" eth0 192.0.2.1/24 "$P" eth0 192.0.2.2/24
 SOCK=$TMP/divertd.sock
 
@@ -58,7 +58,7 @@ check "s4: outgoing packet read with tag 100, INADDR_ANY, no interface" \
 	grep -Eq 'tag 100 addr 0.0.0.0 if( |$)' "$TMP/s4-out-echo.out"
 
 # --- 5: a router with two divert rules in a row --------------------------
-A=$(netns_add a) && R=$(netns_add router) && B=$(netns_add b) || { bad "create router namespaces"; summary; exit 1; }
+netns_add A a && netns_add R router && netns_add B b || { bad "create router namespaces"; summary; exit 1; }
 link "$A" eth0 192.0.2.2/24 "$R" eth0 192.0.2.1/24
 link "$R" eth1 198.51.100.1/24 "$B" eth0 198.51.100.2/24
 ip -n "$A" route add default via 192.0.2.1

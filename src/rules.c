@@ -1,0 +1,874 @@
+/*
+ * rules.c: a struct ruleset into firewall text, and the tag arithmetic.
+ *
+ * Theory of operation.  ipfw runs one ordered rule list per packet and
+ * direction; a packet written back by a divert client re-enters that list
+ * just after the rule number it carries as its tag.  Netfilter has no rule
+ * numbers, so the list is rebuilt as chains:
+ *
+ *   - Two passes.  IN is what ipfw sees on input (PREROUTING); OUT is what
+ *     it sees on output (OUTPUT for local packets, FORWARD for routed ones).
+ *     A rule runs in the passes its in/out options allow.
+ *   - Each pass is cut into SEGMENTS, one chain per distinct rule number, in
+ *     number order.  A segment ends by going to the next one; the last goes
+ *     to the pass's "end" chain, which clears the tag and accepts.
+ *   - The tag lives in the packet mark, under a configurable mask
+ *     (struct mark_layout).  Every pass starts with a dispatcher: a packet
+ *     whose tag is N goes straight to the first segment numbered above N, so
+ *     a re-injected packet resumes after every rule sharing its number; tag 0
+ *     starts at the first segment.
+ *   - divert and tee set the tag to their own rule number and hand the packet
+ *     to NFQUEUE queue PORT.  divertd answers with the packet and a mark, and
+ *     NF_REPEAT runs the hook again, through the dispatcher.  (Whether the
+ *     queued packet is a copy, for tee, is divertd's business, not ours.)
+ *
+ * Two dialects come out of one walk over the same segments: one nftables
+ * "table inet divertd" for both families, and iptables-restore text for
+ * the mangle table of each family (iptables-nft's NFQUEUE works where the
+ * native nft queue statement is not built).  The generated text is plain
+ * and stable so that tests/golden can compare it byte for byte; docs/RULES.md
+ * describes it for administrators.
+ *
+ * Details the mapping has to get right, each handled below: ipfw ORs the
+ * entries of a port or icmptypes list, iptables' multiport takes at most 15
+ * ports; iptables allows one -i and one -o per rule, ipfw as many interface
+ * options as it likes; "xmit" can never match an incoming packet.
+ */
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "divertd.h"
+
+#define MULTIPORT_MAX 15	/* xt_multiport: ports per match, a range is 2 */
+
+/* ---- mark layout and tags --------------------------------------------- */
+
+int mark_layout_init(struct mark_layout *ml, uint32_t mask)
+{
+	unsigned shift;
+	uint32_t m;
+
+	if (mask == 0)
+		return -1;
+	shift = (unsigned)__builtin_ctz(mask);
+	m = mask >> shift;
+	if ((m & (m + 1)) != 0)		/* not one run of ones */
+		return -1;
+	if (__builtin_popcount(mask) < 16)
+		return -1;
+	ml->mask = mask;
+	ml->shift = shift;
+	return 0;
+}
+
+static uint32_t tagmark(const struct mark_layout *ml, unsigned num)
+{
+	return ((uint32_t)num << ml->shift) & ml->mask;
+}
+
+uint16_t rules_resume_tag(const struct ruleset *rs, uint16_t tag)
+{
+	uint16_t best = 0;
+
+	for (size_t i = 0; i < rs->n && rs->rules[i].num <= tag; i++)
+		best = rs->rules[i].num;
+	return best;
+}
+
+const struct rule *rules_find_queue_rule(const struct ruleset *rs,
+					 uint16_t num, uint16_t port)
+{
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+
+		if (r->num > num)
+			break;
+		if (r->num == num && r->arg == port &&
+		    (r->action == ACT_DIVERT || r->action == ACT_TEE))
+			return r;
+	}
+	return NULL;
+}
+
+size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max)
+{
+	uint8_t seen[65536 / 8] = { 0 };
+	size_t n = 0;
+
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+
+		if (r->action == ACT_DIVERT || r->action == ACT_TEE)
+			seen[r->arg / 8] |= (uint8_t)(1u << (r->arg % 8));
+	}
+	for (unsigned p = 0; p < 65536 && n < max; p++)
+		if (seen[p / 8] & (1u << (p % 8)))
+			ports[n++] = (uint16_t)p;
+	return n;
+}
+
+/* ---- a growing string -------------------------------------------------- */
+
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	bool failed;
+};
+
+static void sb_printf(struct sbuf *sb, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void sb_printf(struct sbuf *sb, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (sb->failed)
+		return;
+	for (;;) {
+		size_t room = sb->cap - sb->len;
+
+		va_start(ap, fmt);
+		n = vsnprintf(sb->p ? sb->p + sb->len : NULL, room, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			sb->failed = true;
+			return;
+		}
+		if ((size_t)n < room) {
+			sb->len += (size_t)n;
+			return;
+		}
+		size_t ncap = sb->cap ? sb->cap : 1024;
+		while (ncap - sb->len <= (size_t)n)
+			ncap *= 2;
+		char *np = realloc(sb->p, ncap);
+		if (!np) {
+			sb->failed = true;
+			return;
+		}
+		sb->p = np;
+		sb->cap = ncap;
+	}
+}
+
+static void sb_cat(struct sbuf *dst, const struct sbuf *src)
+{
+	if (src->failed)
+		dst->failed = true;
+	else if (src->len > 0)
+		sb_printf(dst, "%.*s", (int)src->len, src->p);
+}
+
+static void sb_free(struct sbuf *sb)
+{
+	free(sb->p);
+	memset(sb, 0, sizeof(*sb));
+}
+
+/* The finished string, or NULL if anything failed; sb is spent. */
+static char *sb_take(struct sbuf *sb)
+{
+	char *p;
+
+	sb_printf(sb, "%s", "");	/* makes an empty result non-NULL */
+	if (sb->failed) {
+		sb_free(sb);
+		return NULL;
+	}
+	p = sb->p;
+	memset(sb, 0, sizeof(*sb));
+	return p;
+}
+
+/* ---- what a rule needs, whatever the dialect ---------------------------- */
+
+enum pass { PASS_IN, PASS_OUT };
+
+static const char *const pass_word[] = { "in", "out" };
+static const unsigned pass_dir[] = { DIR_IN, DIR_OUT };
+
+/* One interface direction of a rule in one pass, simplified: at most one
+ * name the interface must have, or names it must not have. */
+struct iface_side {
+	const char *pos;
+	const char *neg[RULE_MAX_IFACES];
+	int nneg;
+};
+
+struct iface_plan {
+	struct iface_side in, out;	/* -i / iifname, -o / oifname */
+};
+
+static bool side_add(struct iface_side *s, const struct rule_iface *ifc)
+{
+	if (!ifc->neg) {
+		if (s->pos && strcmp(s->pos, ifc->name) != 0)
+			return false;	/* two different names: never */
+		s->pos = ifc->name;
+		return true;
+	}
+	for (int i = 0; i < s->nneg; i++)
+		if (strcmp(s->neg[i], ifc->name) == 0)
+			return true;
+	s->neg[s->nneg++] = ifc->name;
+	return true;
+}
+
+static bool side_finish(struct iface_side *s)
+{
+	if (!s->pos)
+		return true;
+	for (int i = 0; i < s->nneg; i++)
+		if (strcmp(s->neg[i], s->pos) == 0)
+			return false;	/* "eth0 and not eth0": never */
+	s->nneg = 0;			/* implied by the positive name */
+	return true;
+}
+
+/*
+ * Which interface conditions the rule has in this pass.  IN: via and recv
+ * name the receiving interface; there is no transmit interface yet, so a
+ * positive xmit never matches and a negated one always does.  OUT: via and
+ * xmit name the transmit interface, recv the receiving one (none for locally
+ * generated packets: a positive recv fails, a negated one holds).  Returns
+ * false when the conditions can never all hold: the rule is left out.
+ */
+static bool iface_plan(const struct rule *r, enum pass pass,
+		       struct iface_plan *pl)
+{
+	memset(pl, 0, sizeof(*pl));
+	for (int i = 0; i < r->nifaces; i++) {
+		const struct rule_iface *ifc = &r->ifaces[i];
+		struct iface_side *s;
+
+		if (pass == PASS_IN) {
+			if (ifc->kind == IFACE_XMIT) {
+				if (!ifc->neg)
+					return false;
+				continue;
+			}
+			s = &pl->in;
+		} else {
+			s = ifc->kind == IFACE_RECV ? &pl->in : &pl->out;
+		}
+		if (!side_add(s, ifc))
+			return false;
+	}
+	return side_finish(&pl->in) && side_finish(&pl->out);
+}
+
+/* fam: 0 for the nft table (both families), else FAM_V4 or FAM_V6 */
+static bool rule_present(const struct rule *r, enum pass pass, unsigned fam)
+{
+	struct iface_plan pl;
+
+	if (!(r->dirs & pass_dir[pass]))
+		return false;
+	if (fam && !(r->families & fam))
+		return false;
+	return iface_plan(r, pass, &pl);
+}
+
+/* Distinct numbers of the rules present in a pass, ascending.  pass < 0:
+ * every rule of the ruleset.  segs has room for rs->n. */
+static size_t collect_numbers(const struct ruleset *rs, int pass,
+			      unsigned fam, uint16_t *segs)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+
+		if (pass >= 0 && !rule_present(r, (enum pass)pass, fam))
+			continue;
+		if (n == 0 || segs[n - 1] != r->num)
+			segs[n++] = r->num;
+	}
+	return n;
+}
+
+/* First segment numbered >= num, or -1 (the pass's end chain). */
+static long first_seg_from(const uint16_t *segs, size_t n, unsigned num)
+{
+	for (size_t i = 0; i < n; i++)
+		if (segs[i] >= num)
+			return (long)i;
+	return -1;
+}
+
+/* Port lists and icmptypes, sorted, overlaps merged, duplicates removed, so
+ * that splitting a list across several rules never counts a packet twice. */
+static int port_cmp(const void *a, const void *b)
+{
+	const struct port_range *x = a, *y = b;
+
+	if (x->lo != y->lo)
+		return x->lo < y->lo ? -1 : 1;
+	return (x->hi > y->hi) - (x->hi < y->hi);
+}
+
+static int norm_ports(const struct rule_addr *a, struct port_range *out)
+{
+	int n = 0;
+
+	memcpy(out, a->ports, sizeof(a->ports[0]) * (size_t)a->nports);
+	qsort(out, (size_t)a->nports, sizeof(out[0]), port_cmp);
+	for (int i = 0; i < a->nports; i++) {
+		if (n > 0 && out[i].lo <= out[n - 1].hi) {
+			if (out[i].hi > out[n - 1].hi)
+				out[n - 1].hi = out[i].hi;
+		} else {
+			out[n++] = out[i];
+		}
+	}
+	return n;
+}
+
+static int norm_icmptypes(const struct rule *r, uint8_t *out)
+{
+	bool seen[256] = { false };
+	int n = 0;
+
+	for (int i = 0; i < r->nicmptypes; i++)
+		seen[r->icmptypes[i]] = true;
+	for (int t = 0; t < 256; t++)
+		if (seen[t])
+			out[n++] = (uint8_t)t;
+	return n;
+}
+
+static const char *proto_name(int proto, char *buf, size_t len)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return "tcp";
+	case IPPROTO_UDP:
+		return "udp";
+	case IPPROTO_ICMP:
+		return "icmp";
+	case IPPROTO_ICMPV6:
+		return "ipv6-icmp";
+	}
+	snprintf(buf, len, "%d", proto);
+	return buf;
+}
+
+static void addr_text(const struct rule_addr *a, char *buf, size_t len)
+{
+	char s[INET6_ADDRSTRLEN];
+
+	inet_ntop(a->family, &a->addr, s, sizeof(s));
+	snprintf(buf, len, "%s/%d", s, a->plen);
+}
+
+/* ---- iptables-restore ----------------------------------------------------- */
+
+struct ipt_ctx {
+	const struct ruleset *rs;
+	const struct mark_layout *ml;
+	unsigned fam;
+	enum pass pass;
+	const uint16_t *segs;		/* this pass and family */
+	size_t nsegs;
+	struct sbuf *decl, *body;
+};
+
+static void ipt_chain(char *buf, size_t len, enum pass pass, long seg,
+		      const uint16_t *segs)
+{
+	if (seg < 0)
+		snprintf(buf, len, "divertd-%s-end", pass_word[pass]);
+	else
+		snprintf(buf, len, "divertd-%s-%u", pass_word[pass],
+			 segs[seg]);
+}
+
+/* Greedy cut of a port list into multiport-sized pieces: start indexes. */
+static int ipt_port_chunks(const struct port_range *p, int n, int *starts)
+{
+	int nchunks = 0, weight = MULTIPORT_MAX;
+
+	for (int i = 0; i < n; i++) {
+		int w = p[i].lo == p[i].hi ? 1 : 2;
+
+		if (weight + w > MULTIPORT_MAX) {
+			starts[nchunks++] = i;
+			weight = 0;
+		}
+		weight += w;
+	}
+	starts[nchunks] = n;
+	return nchunks;
+}
+
+static void ipt_port(struct sbuf *sb, const struct port_range *p)
+{
+	if (p->lo == p->hi)
+		sb_printf(sb, "%u", p->lo);
+	else
+		sb_printf(sb, "%u:%u", p->lo, p->hi);
+}
+
+static void ipt_addr(struct sbuf *sb, const struct rule_addr *a, bool src)
+{
+	char buf[INET6_ADDRSTRLEN + 8];
+	const char *neg = a->neg ? " !" : "";
+
+	switch (a->kind) {
+	case ADDR_ANY:
+		break;
+	case ADDR_ME:
+	case ADDR_ME6:
+		sb_printf(sb, " -m addrtype%s --%s-type LOCAL", neg,
+			  src ? "src" : "dst");
+		break;
+	case ADDR_PREFIX:
+		addr_text(a, buf, sizeof(buf));
+		sb_printf(sb, "%s -%c %s", neg, src ? 's' : 'd', buf);
+		break;
+	}
+}
+
+static void ipt_side(struct sbuf *sb, const struct iface_side *s, char opt)
+{
+	if (s->pos)
+		sb_printf(sb, " -%c %s", opt, s->pos);
+	else if (s->nneg == 1)
+		sb_printf(sb, " ! -%c %s", opt, s->neg[0]);
+	/* two or more negated names: escape lines, see ipt_rule() */
+}
+
+static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
+		     size_t chainlen, unsigned *nconts)
+{
+	const struct mark_layout *ml = c->ml;
+	struct iface_plan pl;
+	struct port_range sp[RULE_MAX_PORTS], dp[RULE_MAX_PORTS];
+	int sstart[RULE_MAX_PORTS + 1], dstart[RULE_MAX_PORTS + 1];
+	int nsp = norm_ports(&r->src, sp), ndp = norm_ports(&r->dst, dp);
+	int nsc = 1, ndc = 1, nic, nexp;
+	uint8_t types[RULE_MAX_ICMPTYPES];
+	char pbuf[8], target[64], cont[64];
+	const char *pname = r->proto == PROTO_ANY ? NULL :
+			    proto_name(r->proto, pbuf, sizeof(pbuf));
+	const char *pw = pass_word[c->pass];
+	bool v6 = c->fam == FAM_V6;
+
+	iface_plan(r, c->pass, &pl);
+	if (nsp > 1)
+		nsc = ipt_port_chunks(sp, nsp, sstart);
+	if (ndp > 1)
+		ndc = ipt_port_chunks(dp, ndp, dstart);
+	nic = norm_icmptypes(r, types);
+	nexp = nic == 0 || r->icmptypes_neg ? 1 : nic;
+
+	/* iptables takes one -i and one -o per rule: "not via a not via b"
+	 * becomes lines that skip this rule for a and for b, by going to a
+	 * continuation chain holding the rest of the segment. */
+	if (pl.in.nneg > 1 || pl.out.nneg > 1) {
+		snprintf(cont, sizeof(cont), "divertd-%s-%u.%u", pw, r->num,
+			 ++*nconts);
+		sb_printf(c->decl, ":%s - [0:0]\n", cont);
+		for (int i = 0; pl.in.nneg > 1 && i < pl.in.nneg; i++)
+			sb_printf(c->body, "-A %s -i %s -g %s\n", chain,
+				  pl.in.neg[i], cont);
+		for (int i = 0; pl.out.nneg > 1 && i < pl.out.nneg; i++)
+			sb_printf(c->body, "-A %s -o %s -g %s\n", chain,
+				  pl.out.neg[i], cont);
+	}
+
+	switch (r->action) {
+	case ACT_DIVERT:
+	case ACT_TEE:
+		snprintf(target, sizeof(target),
+			 " -j MARK --set-xmark 0x%x/0x%x",
+			 tagmark(ml, r->num), ml->mask);
+		break;
+	case ACT_ALLOW:
+		snprintf(target, sizeof(target), " -g divertd-%s-end", pw);
+		break;
+	case ACT_DENY:
+		snprintf(target, sizeof(target), " -j DROP");
+		break;
+	case ACT_COUNT:
+		target[0] = '\0';
+		break;
+	case ACT_SKIPTO:
+		strcpy(target, " -g ");
+		ipt_chain(target + 4, sizeof(target) - 4, c->pass,
+			  first_seg_from(c->segs, c->nsegs, r->arg), c->segs);
+		break;
+	}
+
+	for (int s = 0; s < nsc; s++)
+	for (int d = 0; d < ndc; d++)
+	for (int e = 0; e < nexp; e++) {
+		struct sbuf *b = c->body;
+
+		sb_printf(b, "-A %s", chain);
+		if (pname)
+			sb_printf(b, " -p %s", pname);
+		ipt_addr(b, &r->src, true);
+		ipt_addr(b, &r->dst, false);
+		if (nsp == 1 || ndp == 1) {
+			sb_printf(b, " -m %s", pname);
+			if (nsp == 1) {
+				sb_printf(b, " --sport ");
+				ipt_port(b, &sp[0]);
+			}
+			if (ndp == 1) {
+				sb_printf(b, " --dport ");
+				ipt_port(b, &dp[0]);
+			}
+		}
+		if (nsp > 1) {
+			sb_printf(b, " -m multiport --sports ");
+			for (int i = sstart[s]; i < sstart[s + 1]; i++) {
+				sb_printf(b, "%s", i > sstart[s] ? "," : "");
+				ipt_port(b, &sp[i]);
+			}
+		}
+		if (ndp > 1) {
+			sb_printf(b, " -m multiport --dports ");
+			for (int i = dstart[d]; i < dstart[d + 1]; i++) {
+				sb_printf(b, "%s", i > dstart[d] ? "," : "");
+				ipt_port(b, &dp[i]);
+			}
+		}
+		ipt_side(b, &pl.in, 'i');
+		ipt_side(b, &pl.out, 'o');
+		if (nic > 0 && r->icmptypes_neg) {
+			for (int i = 0; i < nic; i++)
+				sb_printf(b, v6 ? " -m icmp6 ! --icmpv6-type %u"
+					  : " -m icmp ! --icmp-type %u",
+					  types[i]);
+		} else if (nic > 0) {
+			sb_printf(b, v6 ? " -m icmp6 --icmpv6-type %u" :
+				  " -m icmp --icmp-type %u", types[e]);
+		}
+		sb_printf(b, "%s\n", target);
+	}
+	if (r->action == ACT_DIVERT || r->action == ACT_TEE)
+		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j NFQUEUE "
+			  "--queue-num %u\n", chain, tagmark(ml, r->num),
+			  ml->mask, r->arg);
+
+	if (pl.in.nneg > 1 || pl.out.nneg > 1) {
+		sb_printf(c->body, "-A %s -g %s\n", chain, cont);
+		snprintf(chain, chainlen, "%s", cont);
+	}
+}
+
+static void ipt_pass(struct ipt_ctx *c, const uint16_t *all, size_t nall)
+{
+	const char *pw = pass_word[c->pass];
+	char chain[64], next[64];
+	size_t i = 0;
+
+	sb_printf(c->decl, ":divertd-%s - [0:0]\n", pw);
+	sb_printf(c->body, "-A divertd-%s -m conntrack --ctstate UNTRACKED "
+		  "-m comment --comment \"activates defragmentation\"\n", pw);
+	for (size_t k = 0; k < nall; k++) {
+		ipt_chain(next, sizeof(next), c->pass,
+			  first_seg_from(c->segs, c->nsegs, all[k] + 1u),
+			  c->segs);
+		sb_printf(c->body, "-A divertd-%s -m mark --mark 0x%x/0x%x "
+			  "-g %s\n", pw, tagmark(c->ml, all[k]), c->ml->mask,
+			  next);
+	}
+	ipt_chain(next, sizeof(next), c->pass, c->nsegs ? 0 : -1, c->segs);
+	sb_printf(c->body, "-A divertd-%s -g %s\n", pw, next);
+
+	for (size_t s = 0; s < c->nsegs; s++) {
+		unsigned nconts = 0;
+
+		ipt_chain(chain, sizeof(chain), c->pass, (long)s, c->segs);
+		sb_printf(c->decl, ":%s - [0:0]\n", chain);
+		for (; i < c->rs->n && c->rs->rules[i].num <= c->segs[s]; i++) {
+			const struct rule *r = &c->rs->rules[i];
+
+			if (r->num == c->segs[s] &&
+			    rule_present(r, c->pass, c->fam))
+				ipt_rule(c, r, chain, sizeof(chain), &nconts);
+		}
+		ipt_chain(next, sizeof(next), c->pass,
+			  s + 1 < c->nsegs ? (long)s + 1 : -1, c->segs);
+		sb_printf(c->body, "-A %s -g %s\n", chain, next);
+	}
+
+	sb_printf(c->decl, ":divertd-%s-end - [0:0]\n", pw);
+	sb_printf(c->body, "-A divertd-%s-end -j MARK --set-xmark 0x0/0x%x\n"
+		  "-A divertd-%s-end -j RETURN\n", pw, c->ml->mask, pw);
+}
+
+char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
+		     int family)
+{
+	struct sbuf out = { 0 }, decl[2] = { { 0 } }, body[2] = { { 0 } };
+	uint16_t *all, *segs[2];
+	size_t nall;
+	char *text = NULL;
+	unsigned fam = family == 6 ? FAM_V6 : FAM_V4;
+
+	if (family != 4 && family != 6)
+		return NULL;
+	all = calloc(rs->n + 1, sizeof(*all));
+	segs[0] = calloc(rs->n + 1, sizeof(*segs[0]));
+	segs[1] = calloc(rs->n + 1, sizeof(*segs[1]));
+	if (!all || !segs[0] || !segs[1])
+		goto out;
+	nall = collect_numbers(rs, -1, 0, all);
+	for (int p = PASS_IN; p <= PASS_OUT; p++) {
+		struct ipt_ctx c = {
+			.rs = rs, .ml = ml, .fam = fam, .pass = (enum pass)p,
+			.segs = segs[p],
+			.nsegs = collect_numbers(rs, p, fam, segs[p]),
+			.decl = &decl[p], .body = &body[p],
+		};
+
+		ipt_pass(&c, all, nall);
+	}
+	sb_printf(&out, "*mangle\n");
+	sb_cat(&out, &decl[0]);
+	sb_cat(&out, &decl[1]);
+	sb_cat(&out, &body[0]);
+	sb_cat(&out, &body[1]);
+	sb_printf(&out, "-I PREROUTING 1 -j divertd-in\n"
+		  "-I OUTPUT 1 -j divertd-out\n"
+		  "-I FORWARD 1 -j divertd-out\n"
+		  "COMMIT\n");
+	text = sb_take(&out);
+out:
+	for (int p = 0; p < 2; p++) {
+		sb_free(&decl[p]);
+		sb_free(&body[p]);
+		free(segs[p]);
+	}
+	sb_free(&out);
+	free(all);
+	return text;
+}
+
+/* ---- nftables ------------------------------------------------------------- */
+
+static void nft_target(char *buf, size_t len, enum pass pass, long seg,
+		       const uint16_t *segs)
+{
+	if (seg < 0)
+		snprintf(buf, len, "%s_end", pass_word[pass]);
+	else
+		snprintf(buf, len, "%s_%u", pass_word[pass], segs[seg]);
+}
+
+static void nft_addr(struct sbuf *sb, const struct rule_addr *a, bool src)
+{
+	char buf[INET6_ADDRSTRLEN + 8];
+	const char *neg = a->neg ? "!= " : "";
+
+	switch (a->kind) {
+	case ADDR_ANY:
+		break;
+	case ADDR_ME:
+	case ADDR_ME6:
+		sb_printf(sb, " fib %s type %slocal", src ? "saddr" : "daddr",
+			  neg);
+		break;
+	case ADDR_PREFIX:
+		addr_text(a, buf, sizeof(buf));
+		sb_printf(sb, " %s %s %s%s", a->family == AF_INET ? "ip" : "ip6",
+			  src ? "saddr" : "daddr", neg, buf);
+		break;
+	}
+}
+
+static void nft_ports(struct sbuf *sb, const char *pname, const char *dir,
+		      const struct port_range *p, int n)
+{
+	if (n == 0)
+		return;
+	sb_printf(sb, " %s %s %s", pname, dir, n > 1 ? "{ " : "");
+	for (int i = 0; i < n; i++) {
+		sb_printf(sb, "%s", i ? ", " : "");
+		if (p[i].lo == p[i].hi)
+			sb_printf(sb, "%u", p[i].lo);
+		else
+			sb_printf(sb, "%u-%u", p[i].lo, p[i].hi);
+	}
+	sb_printf(sb, "%s", n > 1 ? " }" : "");
+}
+
+static void nft_side(struct sbuf *sb, const struct iface_side *s,
+		     const char *key)
+{
+	if (s->pos) {
+		sb_printf(sb, " %s \"%s\"", key, s->pos);
+	} else if (s->nneg == 1) {
+		sb_printf(sb, " %s != \"%s\"", key, s->neg[0]);
+	} else if (s->nneg > 1) {
+		sb_printf(sb, " %s != {", key);
+		for (int i = 0; i < s->nneg; i++)
+			sb_printf(sb, "%s \"%s\"", i ? "," : "", s->neg[i]);
+		sb_printf(sb, " }");
+	}
+}
+
+static bool implies_family(const struct rule_addr *a, int family)
+{
+	return a->kind == ADDR_PREFIX && a->family == family;
+}
+
+static void nft_rule(struct sbuf *b, const struct rule *r, enum pass pass,
+		     const struct mark_layout *ml, const uint16_t *segs,
+		     size_t nsegs)
+{
+	struct iface_plan pl;
+	struct port_range sp[RULE_MAX_PORTS], dp[RULE_MAX_PORTS];
+	int nsp = norm_ports(&r->src, sp), ndp = norm_ports(&r->dst, dp);
+	uint8_t types[RULE_MAX_ICMPTYPES];
+	int nic = norm_icmptypes(r, types);
+	char pbuf[8], target[32];
+	const char *pname = r->proto == PROTO_ANY ? NULL :
+			    proto_name(r->proto, pbuf, sizeof(pbuf));
+	struct sbuf m = { 0 };
+
+	iface_plan(r, pass, &pl);
+	if (r->families == FAM_V4 && !implies_family(&r->src, AF_INET) &&
+	    !implies_family(&r->dst, AF_INET))
+		sb_printf(&m, " meta nfproto ipv4");
+	if (r->families == FAM_V6 && !implies_family(&r->src, AF_INET6) &&
+	    !implies_family(&r->dst, AF_INET6))
+		sb_printf(&m, " meta nfproto ipv6");
+	if (pname)
+		sb_printf(&m, " meta l4proto %s", pname);
+	nft_addr(&m, &r->src, true);
+	nft_addr(&m, &r->dst, false);
+	nft_ports(&m, pname, "sport", sp, nsp);
+	nft_ports(&m, pname, "dport", dp, ndp);
+	nft_side(&m, &pl.in, "iifname");
+	nft_side(&m, &pl.out, "oifname");
+	if (nic > 0) {
+		sb_printf(&m, " %s type %s{", r->proto == IPPROTO_ICMP ?
+			  "icmp" : "icmpv6", r->icmptypes_neg ? "!= " : "");
+		for (int i = 0; i < nic; i++)
+			sb_printf(&m, "%s %u", i ? "," : "", types[i]);
+		sb_printf(&m, " }");
+	}
+
+	switch (r->action) {
+	case ACT_DIVERT:
+	case ACT_TEE:
+		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x "
+			  "queue num %u", ~ml->mask, tagmark(ml, r->num),
+			  r->arg);
+		break;
+	case ACT_ALLOW:
+		sb_printf(&m, " goto %s_end", pass_word[pass]);
+		break;
+	case ACT_DENY:
+		sb_printf(&m, " drop");
+		break;
+	case ACT_COUNT:
+		sb_printf(&m, " counter");
+		break;
+	case ACT_SKIPTO:
+		nft_target(target, sizeof(target), pass,
+			   first_seg_from(segs, nsegs, r->arg), segs);
+		sb_printf(&m, " goto %s", target);
+		break;
+	}
+	if (m.failed)
+		b->failed = true;
+	else
+		sb_printf(b, "\t\t%s\n", m.p + 1);	/* drop leading blank */
+	sb_free(&m);
+}
+
+static void nft_base_chain(struct sbuf *b, const char *name,
+			   const char *type, const char *hook, enum pass pass,
+			   const struct mark_layout *ml, const uint16_t *all,
+			   size_t nall, const uint16_t *segs, size_t nsegs)
+{
+	char target[32];
+
+	sb_printf(b, "\tchain %s {\n"
+		  "\t\ttype %s hook %s priority mangle; policy accept;\n"
+		  "\t\tct state untracked counter comment "
+		  "\"activates defragmentation\"\n", name, type, hook);
+	if (nall > 0) {
+		sb_printf(b, "\t\tmeta mark & 0x%x vmap { ", ml->mask);
+		for (size_t k = 0; k < nall; k++) {
+			nft_target(target, sizeof(target), pass,
+				   first_seg_from(segs, nsegs, all[k] + 1u),
+				   segs);
+			sb_printf(b, "%s0x%x : goto %s", k ? ", " : "",
+				  tagmark(ml, all[k]), target);
+		}
+		sb_printf(b, " }\n");
+	}
+	nft_target(target, sizeof(target), pass, nsegs ? 0 : -1, segs);
+	sb_printf(b, "\t\tgoto %s\n\t}\n", target);
+}
+
+static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
+			    enum pass pass, const struct mark_layout *ml,
+			    const uint16_t *segs, size_t nsegs)
+{
+	char name[32];
+	size_t i = 0;
+
+	for (size_t s = 0; s < nsegs; s++) {
+		nft_target(name, sizeof(name), pass, (long)s, segs);
+		sb_printf(b, "\tchain %s {\n", name);
+		for (; i < rs->n && rs->rules[i].num <= segs[s]; i++) {
+			const struct rule *r = &rs->rules[i];
+
+			if (r->num == segs[s] && rule_present(r, pass, 0))
+				nft_rule(b, r, pass, ml, segs, nsegs);
+		}
+		nft_target(name, sizeof(name), pass,
+			   s + 1 < nsegs ? (long)s + 1 : -1, segs);
+		sb_printf(b, "\t\tgoto %s\n\t}\n", name);
+	}
+	sb_printf(b, "\tchain %s_end {\n"
+		  "\t\tmeta mark set meta mark & 0x%08x accept\n\t}\n",
+		  pass_word[pass], ~ml->mask);
+}
+
+char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml)
+{
+	struct sbuf b = { 0 };
+	uint16_t *all = calloc(rs->n + 1, sizeof(*all));
+	uint16_t *in = calloc(rs->n + 1, sizeof(*in));
+	uint16_t *out = calloc(rs->n + 1, sizeof(*out));
+	size_t nall, nin, nout;
+	char *text = NULL;
+
+	if (!all || !in || !out)
+		goto done;
+	nall = collect_numbers(rs, -1, 0, all);
+	nin = collect_numbers(rs, PASS_IN, 0, in);
+	nout = collect_numbers(rs, PASS_OUT, 0, out);
+
+	sb_printf(&b, "table inet divertd {\n");
+	nft_base_chain(&b, "prerouting", "filter", "prerouting", PASS_IN, ml,
+		       all, nall, in, nin);
+	nft_base_chain(&b, "output", "route", "output", PASS_OUT, ml,
+		       all, nall, out, nout);
+	nft_base_chain(&b, "forward", "filter", "forward", PASS_OUT, ml,
+		       all, nall, out, nout);
+	nft_pass_chains(&b, rs, PASS_IN, ml, in, nin);
+	nft_pass_chains(&b, rs, PASS_OUT, ml, out, nout);
+	sb_printf(&b, "}\n");
+	text = sb_take(&b);
+done:
+	sb_free(&b);
+	free(all);
+	free(in);
+	free(out);
+	return text;
+}

@@ -1,0 +1,573 @@
+/*
+ * test_rules.c: unit tests for rules.c, and the golden files.
+ *
+ * The golden files pin the generated firewall text byte for byte:
+ * tests/golden/NAME.conf is compiled with mark mask 0xffff0000 and compared
+ * with NAME.nft, NAME.ipt4 and NAME.ipt6; contrib/nft-rules/ holds the
+ * documented examples, checked the same way so they cannot go stale.
+ * DIVERTD_SRCDIR (set by ctest) locates them.  After a deliberate change to
+ * the generator run once with DIVERTD_GOLDEN_WRITE=1 to rewrite the files,
+ * review `git diff`, and run tests/golden/check-syntax.sh against the kernel.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "divertd.h"
+
+static const char *const golden_cases[] = {
+	"tests/golden/empty",
+	"tests/golden/icmp-echo-in",
+	"tests/golden/icmp-echo-out",
+	"tests/golden/router",
+	"tests/golden/same-number",
+	"tests/golden/skipto",
+	"tests/golden/tee-count",
+	"tests/golden/allow-deny",
+	"tests/golden/ports",
+	"tests/golden/negations",
+	"tests/golden/me",
+	"tests/golden/ipv6",
+	"tests/golden/interfaces",
+	"tests/golden/protocols",
+	"tests/golden/autonumber",
+	"contrib/nft-rules/natd",
+	"contrib/nft-rules/ids-tee",
+	"contrib/nft-rules/dns-inspect",
+};
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static struct mark_layout layout(uint32_t mask)
+{
+	struct mark_layout ml;
+
+	assert_int_equal(mark_layout_init(&ml, mask), 0);
+	return ml;
+}
+
+static struct ruleset parse(const char *text)
+{
+	struct ruleset rs = { 0 };
+	char err[256];
+
+	if (config_parse_string(text, "t", &rs, err, sizeof(err)) != 0)
+		fail_msg("parse failed: %s", err);
+	return rs;
+}
+
+static char *read_all(const char *path)
+{
+	FILE *f = fopen(path, "re");
+	char *buf = NULL;
+	size_t len = 0, cap = 0, got;
+
+	if (!f)
+		return NULL;
+	do {
+		if (cap - len < 4096) {
+			cap = cap ? cap * 2 : 65536;
+			buf = realloc(buf, cap);
+			assert_non_null(buf);
+		}
+		got = fread(buf + len, 1, cap - len - 1, f);
+		len += got;
+	} while (got > 0);
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+}
+
+static void write_all(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "we");
+
+	if (!f)
+		fail_msg("cannot write %s", path);
+	fputs(text, f);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Count the lines of text that contain needle. */
+static int count_lines(const char *text, const char *needle)
+{
+	int n = 0;
+
+	for (const char *p = text; *p;) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p) : strlen(p);
+		char *line = strndup(p, len);
+
+		if (strstr(line, needle))
+			n++;
+		free(line);
+		p += len + (nl ? 1 : 0);
+	}
+	return n;
+}
+
+static bool has_line(const char *text, const char *line)
+{
+	size_t n = strlen(line);
+
+	for (const char *p = text; (p = strstr(p, line)); p++)
+		if ((p == text || p[-1] == '\n') && (p[n] == '\n' || !p[n]))
+			return true;
+	return false;
+}
+
+#define assert_has_line(text, line)                                     \
+	do {                                                            \
+		if (!has_line((text), (line)))                          \
+			fail_msg("missing line:\n%s\nin:\n%s", (line), (text)); \
+	} while (0)
+
+/* ---- golden files ------------------------------------------------------- */
+
+/* Compare, and on mismatch name the first differing line of each. */
+static int golden_compare(const char *path, const char *want, const char *got)
+{
+	int line = 1;
+	const char *w = want, *g = got;
+
+	if (strcmp(want, got) == 0)
+		return 0;
+	while (*w && *w == *g) {
+		if (*w == '\n')
+			line++;
+		w++;
+		g++;
+	}
+	while (w > want && w[-1] != '\n')
+		w--;
+	while (g > got && g[-1] != '\n')
+		g--;
+	print_error("%s:%d: generated text differs\n"
+		    "  expected: %.*s\n"
+		    "  got:      %.*s\n"
+		    "  (after a deliberate change: DIVERTD_GOLDEN_WRITE=1 "
+		    "test_rules, then review git diff)\n",
+		    path, line, (int)strcspn(w, "\n"), w,
+		    (int)strcspn(g, "\n"), g);
+	return 1;
+}
+
+static void test_golden(void **state)
+{
+	const char *srcdir = getenv("DIVERTD_SRCDIR");
+	const char *write = getenv("DIVERTD_GOLDEN_WRITE");
+	struct mark_layout ml = layout(0xffff0000u);
+	int failures = 0;
+
+	(void)state;
+	if (!srcdir)
+		srcdir = ".";
+	for (size_t i = 0; i < sizeof(golden_cases) / sizeof(*golden_cases);
+	     i++) {
+		static const char *const ext[] = { "nft", "ipt4", "ipt6" };
+		struct ruleset rs = { 0 };
+		char path[4096], err[512];
+		char *got[3];
+
+		snprintf(path, sizeof(path), "%s/%s.conf", srcdir,
+			 golden_cases[i]);
+		if (config_parse_file(path, &rs, err, sizeof(err)) != 0)
+			fail_msg("%s", err);
+		got[0] = rules_nft_text(&rs, &ml);
+		got[1] = rules_ipt_text(&rs, &ml, 4);
+		got[2] = rules_ipt_text(&rs, &ml, 6);
+		for (int k = 0; k < 3; k++) {
+			char *want;
+
+			assert_non_null(got[k]);
+			snprintf(path, sizeof(path), "%s/%s.%s", srcdir,
+				 golden_cases[i], ext[k]);
+			if (write && strcmp(write, "1") == 0)
+				write_all(path, got[k]);
+			want = read_all(path);
+			if (!want) {
+				print_error("%s: missing (create it with "
+					    "DIVERTD_GOLDEN_WRITE=1)\n", path);
+				failures++;
+			} else {
+				failures += golden_compare(path, want, got[k]);
+			}
+			free(want);
+			free(got[k]);
+		}
+		ruleset_free(&rs);
+	}
+	assert_int_equal(failures, 0);
+}
+
+/* ---- mark layout -------------------------------------------------------- */
+
+static void test_mark_layout(void **state)
+{
+	struct mark_layout ml = { .mask = 7, .shift = 7 };
+
+	(void)state;
+	assert_int_equal(mark_layout_init(&ml, 0xffff0000u), 0);
+	assert_int_equal(ml.mask, 0xffff0000u);
+	assert_int_equal(ml.shift, 16);
+	assert_int_equal(mark_layout_init(&ml, 0x0000ffffu), 0);
+	assert_int_equal(ml.shift, 0);
+	assert_int_equal(mark_layout_init(&ml, 0x00ffff00u), 0);
+	assert_int_equal(ml.shift, 8);
+	assert_int_equal(mark_layout_init(&ml, 0xffffffffu), 0);
+	assert_int_equal(ml.shift, 0);
+	assert_int_equal(mark_layout_init(&ml, 0x7fff8000u), 0);
+	assert_int_equal(ml.shift, 15);
+
+	assert_int_equal(mark_layout_init(&ml, 0), -1);
+	assert_int_equal(mark_layout_init(&ml, 0x7fff0000u), -1); /* 15 bits */
+	assert_int_equal(mark_layout_init(&ml, 0xff00ff00u), -1); /* gap */
+	assert_int_equal(mark_layout_init(&ml, 0xfffe0001u), -1);
+	assert_int_equal(mark_layout_init(&ml, 0x1u), -1);
+	/* failures left the last good layout alone */
+	assert_int_equal(ml.mask, 0x7fff8000u);
+	assert_int_equal(ml.shift, 15);
+
+	ml = layout(0x00ffff00u);
+	assert_int_equal(mark_with_tag(&ml, 0xaa0000bbu, 100), 0xaa0064bbu);
+	assert_int_equal(mark_tag(&ml, 0xaa0064bbu), 100);
+}
+
+/* ---- tags and ports ----------------------------------------------------- */
+
+static void test_resume_tag(void **state)
+{
+	struct ruleset rs = parse("100 count ip from any to any\n"
+				  "100 count ip from any to any\n"
+				  "300 count ip from any to any\n"
+				  "65534 count ip from any to any\n");
+	struct ruleset empty = { 0 };
+
+	(void)state;
+	assert_int_equal(rules_resume_tag(&rs, 0), 0);
+	assert_int_equal(rules_resume_tag(&rs, 99), 0);
+	assert_int_equal(rules_resume_tag(&rs, 100), 100);
+	assert_int_equal(rules_resume_tag(&rs, 101), 100);
+	assert_int_equal(rules_resume_tag(&rs, 299), 100);
+	assert_int_equal(rules_resume_tag(&rs, 300), 300);
+	assert_int_equal(rules_resume_tag(&rs, 65533), 300);
+	assert_int_equal(rules_resume_tag(&rs, 65534), 65534);
+	assert_int_equal(rules_resume_tag(&rs, 65535), 65534);
+	assert_int_equal(rules_resume_tag(&empty, 500), 0);
+	ruleset_free(&rs);
+}
+
+static void test_find_queue_rule(void **state)
+{
+	struct ruleset rs = parse("100 count ip from any to any\n"
+				  "100 divert 8668 tcp from any to any\n"
+				  "100 tee 9000 udp from any to any\n"
+				  "200 divert 8668 ip from any to any\n");
+	const struct rule *r;
+
+	(void)state;
+	r = rules_find_queue_rule(&rs, 100, 8668);
+	assert_non_null(r);
+	assert_int_equal(r->line, 2);
+	r = rules_find_queue_rule(&rs, 100, 9000);
+	assert_non_null(r);
+	assert_int_equal(r->action, ACT_TEE);
+	r = rules_find_queue_rule(&rs, 200, 8668);
+	assert_non_null(r);
+	assert_int_equal(r->line, 4);
+	assert_null(rules_find_queue_rule(&rs, 200, 9000));
+	assert_null(rules_find_queue_rule(&rs, 150, 8668));
+	assert_null(rules_find_queue_rule(&rs, 300, 8668));
+	ruleset_free(&rs);
+}
+
+static void test_ports(void **state)
+{
+	struct ruleset rs = parse("100 divert 9000 ip from any to any\n"
+				  "200 tee 80 ip from any to any\n"
+				  "300 divert 9000 ip from any to any\n"
+				  "400 skipto 500 ip from any to any\n"
+				  "500 divert 65535 ip from any to any\n"
+				  "600 divert 1 ip from any to any\n");
+	uint16_t ports[8] = { 0 };
+
+	(void)state;
+	assert_int_equal(rules_ports(&rs, ports, 8), 4);
+	assert_int_equal(ports[0], 1);
+	assert_int_equal(ports[1], 80);
+	assert_int_equal(ports[2], 9000);
+	assert_int_equal(ports[3], 65535);
+	memset(ports, 0, sizeof(ports));
+	assert_int_equal(rules_ports(&rs, ports, 2), 2);
+	assert_int_equal(ports[0], 1);
+	assert_int_equal(ports[1], 80);
+	assert_int_equal(ports[2], 0);
+	ruleset_free(&rs);
+}
+
+/* ---- generated text, piece by piece -------------------------------------- */
+
+static void test_tag_in_other_mask(void **state)
+{
+	struct ruleset rs = parse("100 divert 8668 ip from any to any in\n");
+	struct mark_layout ml = layout(0x00ffff00u);
+	char *ipt = rules_ipt_text(&rs, &ml, 4), *nft = rules_nft_text(&rs, &ml);
+
+	(void)state;
+	assert_has_line(ipt, "-A divertd-in-100 -j MARK --set-xmark "
+			"0x6400/0xffff00");
+	assert_has_line(ipt, "-A divertd-in-100 -m mark --mark "
+			"0x6400/0xffff00 -j NFQUEUE --queue-num 8668");
+	assert_has_line(ipt, "-A divertd-in-end -j MARK --set-xmark "
+			"0x0/0xffff00");
+	assert_has_line(nft, "\t\tmeta mark set meta mark & 0xff0000ff | "
+			"0x6400 queue num 8668");
+	assert_has_line(nft, "\t\tmeta mark & 0xffff00 vmap { 0x6400 : goto "
+			"in_end }");
+	assert_has_line(nft, "\t\tmeta mark set meta mark & 0xff0000ff accept");
+	free(ipt);
+	free(nft);
+	ruleset_free(&rs);
+}
+
+static void test_multiport_split(void **state)
+{
+	/* 20 single ports: 15 + 5.  Ranges weigh 2: 7 ranges + 1 port, then
+	 * the rest. */
+	struct ruleset rs = parse(
+		"100 deny tcp from any to any "
+		"1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20\n"
+		"200 count udp from any 10-11,20-21,30-31,40-41,50-51,60-61,"
+		"70-71,80,90-91 to any 53\n"
+		"300 count tcp from any 1,2 to any 3,4,5,6,7,8,9,10,11,12,"
+		"13,14,15,16,17,18\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt = rules_ipt_text(&rs, &ml, 4);
+
+	(void)state;
+	assert_has_line(ipt, "-A divertd-in-100 -p tcp -m multiport --dports "
+			"1,2,3,4,5,6,7,8,9,10,11,12,13,14,15 -j DROP");
+	assert_has_line(ipt, "-A divertd-in-100 -p tcp -m multiport --dports "
+			"16,17,18,19,20 -j DROP");
+	assert_int_equal(count_lines(ipt, "-A divertd-in-100 -p tcp"), 2);
+	assert_has_line(ipt, "-A divertd-in-200 -p udp -m udp --dport 53 "
+			"-m multiport --sports 10:11,20:21,30:31,40:41,50:51,"
+			"60:61,70:71,80");
+	assert_has_line(ipt, "-A divertd-in-200 -p udp -m udp --dport 53 "
+			"-m multiport --sports 90:91");
+	/* sports 1 chunk x dports 2 chunks */
+	assert_int_equal(count_lines(ipt, "-A divertd-out-300 -p tcp"), 2);
+	assert_has_line(ipt, "-A divertd-out-300 -p tcp -m multiport --sports "
+			"1,2 -m multiport --dports 3,4,5,6,7,8,9,10,11,12,13,"
+			"14,15,16,17");
+	free(ipt);
+	ruleset_free(&rs);
+}
+
+static void test_port_overlaps_merged(void **state)
+{
+	struct ruleset rs = parse("100 count tcp from any to any "
+				  "80,1-100,443,443,90-200\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt = rules_ipt_text(&rs, &ml, 6), *nft = rules_nft_text(&rs, &ml);
+
+	(void)state;
+	assert_has_line(ipt, "-A divertd-in-100 -p tcp -m multiport --dports "
+			"1:200,443");
+	assert_has_line(nft, "\t\tmeta l4proto tcp tcp dport { 1-200, 443 } "
+			"counter");
+	free(ipt);
+	free(nft);
+	ruleset_free(&rs);
+}
+
+static void test_icmptypes(void **state)
+{
+	struct ruleset rs = parse(
+		"100 count icmp from any to any icmptypes 8,0,8\n"
+		"200 count icmp from any to any not icmptypes 0,8\n"
+		"300 count ipv6-icmp from any to any icmptypes 128\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt4 = rules_ipt_text(&rs, &ml, 4);
+	char *ipt6 = rules_ipt_text(&rs, &ml, 6);
+	char *nft = rules_nft_text(&rs, &ml);
+
+	(void)state;
+	assert_int_equal(count_lines(ipt4, "-A divertd-in-100 -p icmp"), 2);
+	assert_has_line(ipt4, "-A divertd-in-100 -p icmp -m icmp --icmp-type 0");
+	assert_has_line(ipt4, "-A divertd-in-100 -p icmp -m icmp --icmp-type 8");
+	assert_has_line(ipt4, "-A divertd-out-200 -p icmp -m icmp ! "
+			"--icmp-type 0 -m icmp ! --icmp-type 8");
+	assert_int_equal(count_lines(ipt4, "icmpv6"), 0);
+	assert_int_equal(count_lines(ipt6, "--icmp-type"), 0);
+	assert_has_line(ipt6, "-A divertd-in-300 -p ipv6-icmp -m icmp6 "
+			"--icmpv6-type 128");
+	assert_has_line(nft, "\t\tmeta nfproto ipv4 meta l4proto icmp "
+			"icmp type { 0, 8 } counter");
+	assert_has_line(nft, "\t\tmeta nfproto ipv4 meta l4proto icmp "
+			"icmp type != { 0, 8 } counter");
+	assert_has_line(nft, "\t\tmeta nfproto ipv6 meta l4proto ipv6-icmp "
+			"icmpv6 type { 128 } counter");
+	free(ipt4);
+	free(ipt6);
+	free(nft);
+	ruleset_free(&rs);
+}
+
+static void test_families_split(void **state)
+{
+	struct ruleset rs = parse(
+		"100 count ip from 192.0.2.0/24 to any\n"
+		"200 count ip from 2001:db8::/32 to any\n"
+		"300 count ip from me to any\n"
+		"400 count ip from any to me6\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt4 = rules_ipt_text(&rs, &ml, 4);
+	char *ipt6 = rules_ipt_text(&rs, &ml, 6);
+
+	(void)state;
+	assert_has_line(ipt4, ":divertd-in-100 - [0:0]");
+	assert_has_line(ipt4, ":divertd-in-300 - [0:0]");
+	assert_false(has_line(ipt4, ":divertd-in-200 - [0:0]"));
+	assert_false(has_line(ipt4, ":divertd-in-400 - [0:0]"));
+	assert_has_line(ipt6, ":divertd-in-200 - [0:0]");
+	assert_has_line(ipt6, ":divertd-in-400 - [0:0]");
+	assert_false(has_line(ipt6, ":divertd-in-100 - [0:0]"));
+	/* dispatch knows every number, in both families */
+	assert_has_line(ipt4, "-A divertd-in -m mark --mark "
+			"0xc80000/0xffff0000 -g divertd-in-300");
+	assert_has_line(ipt6, "-A divertd-in -m mark --mark "
+			"0x640000/0xffff0000 -g divertd-in-200");
+	assert_has_line(ipt6, "-A divertd-in -m mark --mark "
+			"0x1900000/0xffff0000 -g divertd-in-end");
+	assert_has_line(ipt4, "-A divertd-in-300 -m addrtype --src-type LOCAL");
+	assert_has_line(ipt6, "-A divertd-in-400 -m addrtype --dst-type LOCAL");
+	free(ipt4);
+	free(ipt6);
+	ruleset_free(&rs);
+}
+
+static void test_interfaces(void **state)
+{
+	struct ruleset rs = parse(
+		"100 count ip from any to any xmit eth0\n"
+		"200 count ip from any to any not xmit eth0\n"
+		"300 count ip from any to any via eth0 via eth1\n"
+		"400 count ip from any to any via eth0 not recv eth0\n"
+		"500 count ip from any to any not via a not via b\n"
+		"500 deny ip from any to any\n"
+		"600 count ip from any to any recv eth1 xmit eth2\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt = rules_ipt_text(&rs, &ml, 4), *nft = rules_nft_text(&rs, &ml);
+
+	(void)state;
+	/* xmit never matches incoming */
+	assert_false(has_line(ipt, ":divertd-in-100 - [0:0]"));
+	assert_has_line(ipt, "-A divertd-out-100 -o eth0");
+	assert_has_line(ipt, "-A divertd-in-200");
+	assert_has_line(ipt, "-A divertd-out-200 ! -o eth0");
+	/* contradictions are left out */
+	assert_false(has_line(ipt, ":divertd-in-300 - [0:0]"));
+	assert_false(has_line(ipt, ":divertd-out-300 - [0:0]"));
+	assert_false(has_line(ipt, ":divertd-in-400 - [0:0]"));
+	assert_has_line(ipt, "-A divertd-out-400 ! -i eth0 -o eth0");
+	assert_false(has_line(nft, "\tchain in_300 {"));
+	/* two negated names: escape into a continuation chain */
+	assert_has_line(ipt, ":divertd-in-500.1 - [0:0]");
+	assert_has_line(ipt, "-A divertd-in-500 -i a -g divertd-in-500.1");
+	assert_has_line(ipt, "-A divertd-in-500 -i b -g divertd-in-500.1");
+	assert_has_line(ipt, "-A divertd-in-500");
+	assert_has_line(ipt, "-A divertd-in-500 -g divertd-in-500.1");
+	assert_has_line(ipt, "-A divertd-in-500.1 -j DROP");
+	assert_has_line(ipt, "-A divertd-in-500.1 -g divertd-in-end");
+	assert_has_line(nft, "\t\tiifname != { \"a\", \"b\" } counter");
+	assert_has_line(ipt, "-A divertd-out-600 -i eth1 -o eth2");
+	assert_has_line(nft, "\t\tiifname \"eth1\" oifname \"eth2\" counter");
+	free(ipt);
+	free(nft);
+	ruleset_free(&rs);
+}
+
+static void test_skipto_targets(void **state)
+{
+	struct ruleset rs = parse(
+		"100 skipto 250 ip from any to any\n"
+		"110 skipto 300 ip from any to any\n"
+		"120 skipto 65535 ip from any to any\n"
+		"300 count ip from any to any in\n"
+		"400 count ip from any to any\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt = rules_ipt_text(&rs, &ml, 4), *nft = rules_nft_text(&rs, &ml);
+
+	(void)state;
+	assert_has_line(ipt, "-A divertd-in-100 -g divertd-in-300");
+	assert_has_line(ipt, "-A divertd-out-100 -g divertd-out-400");
+	assert_has_line(ipt, "-A divertd-out-110 -g divertd-out-400");
+	assert_has_line(ipt, "-A divertd-in-120 -g divertd-in-end");
+	assert_has_line(nft, "\t\tgoto in_300");
+	assert_has_line(nft, "\t\tgoto out_400");
+	free(ipt);
+	free(nft);
+	ruleset_free(&rs);
+}
+
+static void test_empty_ruleset(void **state)
+{
+	struct ruleset rs = { 0 };
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt = rules_ipt_text(&rs, &ml, 6), *nft = rules_nft_text(&rs, &ml);
+
+	(void)state;
+	assert_string_equal(ipt,
+		"*mangle\n"
+		":divertd-in - [0:0]\n"
+		":divertd-in-end - [0:0]\n"
+		":divertd-out - [0:0]\n"
+		":divertd-out-end - [0:0]\n"
+		"-A divertd-in -m conntrack --ctstate UNTRACKED -m comment "
+		"--comment \"activates defragmentation\"\n"
+		"-A divertd-in -g divertd-in-end\n"
+		"-A divertd-in-end -j MARK --set-xmark 0x0/0xffff0000\n"
+		"-A divertd-in-end -j RETURN\n"
+		"-A divertd-out -m conntrack --ctstate UNTRACKED -m comment "
+		"--comment \"activates defragmentation\"\n"
+		"-A divertd-out -g divertd-out-end\n"
+		"-A divertd-out-end -j MARK --set-xmark 0x0/0xffff0000\n"
+		"-A divertd-out-end -j RETURN\n"
+		"-I PREROUTING 1 -j divertd-in\n"
+		"-I OUTPUT 1 -j divertd-out\n"
+		"-I FORWARD 1 -j divertd-out\n"
+		"COMMIT\n");
+	assert_false(has_line(nft, "vmap"));
+	assert_has_line(nft, "\t\tgoto in_end");
+	assert_has_line(nft, "\t\tgoto out_end");
+	assert_null(rules_ipt_text(&rs, &ml, 5));
+	free(ipt);
+	free(nft);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_mark_layout),
+		cmocka_unit_test(test_resume_tag),
+		cmocka_unit_test(test_find_queue_rule),
+		cmocka_unit_test(test_ports),
+		cmocka_unit_test(test_tag_in_other_mask),
+		cmocka_unit_test(test_multiport_split),
+		cmocka_unit_test(test_port_overlaps_merged),
+		cmocka_unit_test(test_icmptypes),
+		cmocka_unit_test(test_families_split),
+		cmocka_unit_test(test_interfaces),
+		cmocka_unit_test(test_skipto_targets),
+		cmocka_unit_test(test_empty_ruleset),
+		cmocka_unit_test(test_golden),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
