@@ -136,9 +136,9 @@ cat >"$TMP/tcp.conf" <<'CONF'
 CONF
 head -c 3000000 /dev/urandom >"$TMP/blob"
 if start_divertd "$H" "$TMP/tcp.conf" "$SOCK"; then
-	divert_prog "$H" "$SOCK" div_echo 8668 100000 3 "$TMP/tcp.a.ready" >"$TMP/tcp.a.out" 2>&1 &
+	divert_prog "$H" "$SOCK" div_verify 8668 100000 3 "$TMP/tcp.a.ready" >"$TMP/tcp.a.out" 2>&1 &
 	ta=$!; PIDS+=($ta)
-	divert_prog "$H" "$SOCK" div_echo 8669 100000 3 "$TMP/tcp.b.ready" >"$TMP/tcp.b.out" 2>&1 &
+	divert_prog "$H" "$SOCK" div_verify 8669 100000 3 "$TMP/tcp.b.ready" >"$TMP/tcp.b.out" 2>&1 &
 	tb=$!; PIDS+=($tb)
 	wait_for "$TMP/tcp.a.ready" 5 && wait_for "$TMP/tcp.b.ready" 5
 	ip netns exec "$P" timeout 20 /usr/bin/python3 -c '
@@ -163,8 +163,11 @@ c.shutdown(socket.SHUT_WR); print(c.recv(200).decode())
 	want="3000000 $(sha256sum "$TMP/blob" | cut -d' ' -f1)"
 	check "TCP: 3 MB cross two divert programs intact" test "$got" = "$want"
 	wait "$ta"; wait "$tb"
-	big=$(awk '$1 == "pkt" && $4 > 1500 { n++ } END { print n + 0 }' "$TMP/tcp.a.out")
-	echo "# TCP: $(grep -c '^pkt ' "$TMP/tcp.a.out") packets out, $big of them GSO (> 1500 bytes)"
+	sed 's/^/# TCP out: /' "$TMP/tcp.a.out"; sed 's/^/# TCP in: /' "$TMP/tcp.b.out"
+	check "TCP: the program read data packets, every checksum valid (GSO included)" \
+		grep -Eq '^total [1-9][0-9]* badsum 0$' "$TMP/tcp.a.out"
+	check "TCP: ... and the ACKs coming back" \
+		grep -Eq '^total [1-9][0-9]* badsum 0$' "$TMP/tcp.b.out"
 	stop_divertd
 else bad "TCP: setup"; fi
 
