@@ -21,6 +21,7 @@ TMP=$(mktemp -d /tmp/divertd-demo.XXXXXX)
 C=divertd-demo-client G=divertd-demo-gateway S=divertd-demo-server
 PIDS=()
 cleanup() {
+	set +e
 	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
 	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	for ns in $C $G $S; do ip netns del $ns 2>/dev/null; done
