@@ -83,12 +83,14 @@ struct held {
 struct pending {
 	struct client *c;
 	struct held *h;			/* NULL for a tee copy */
+	uint32_t id;			/* h's packet, to tell if h moved on */
 	struct divert_wire_hdr hdr;
 	struct iovec iov[2];
 };
 
 static const struct divert_config *cfg;
 static struct pollable listener = { .fd = -1 };
+static int reserve_fd = -1;		/* given up when accept hits EMFILE */
 static char listen_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct client *port_owner[65536];
 static struct client *clients[MAX_CLIENTS];
@@ -170,10 +172,10 @@ static struct held *held_get(struct client *c, uint64_t now)
 	struct held *h;
 
 	if (c->nheld >= CLIENT_HELD_MAX || held_free == NULL) {
-		/* the oldest is the one least likely to be written back */
-		h = c->head != NULL ? c->head : gfirst;
-		if (h == NULL)
-			return NULL;
+		/* the oldest is the one least likely to be written back; never
+		 * one sent in this batch (those are the newest: the pool and
+		 * the quota are far larger than a batch) */
+		h = c->nheld >= CLIENT_HELD_MAX ? c->head : gfirst;
 		held_drop(h);
 		stats.evicted++;
 	}
@@ -198,12 +200,22 @@ static struct held *held_get(struct client *c, uint64_t now)
 	return h;
 }
 
-static struct held *held_find(struct client *c, uint8_t dir, uint32_t key)
+/* The held packet a write answers: the oldest with the same bytes, else
+ * the oldest with the same identity (the program rewrote it). */
+static struct held *held_find(struct client *c, uint8_t dir, uint32_t key,
+			      uint64_t hash, uint32_t len)
 {
-	for (struct held *h = c->head; h != NULL; h = h->cnext)
-		if (h->dir == dir && h->key == key)
+	struct held *first = NULL;
+
+	for (struct held *h = c->head; h != NULL; h = h->cnext) {
+		if (h->dir != dir || h->key != key)
+			continue;
+		if (h->hash == hash && h->len == len)
 			return h;
-	return NULL;
+		if (first == NULL)
+			first = h;
+	}
+	return first;
 }
 
 int divert_sock_timeout(void)
@@ -317,6 +329,7 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 	uint16_t resume = rules_resume_tag(cfg->rs, tag);
 	bool v4 = (pkt[0] >> 4) == 4;
 	struct held *h;
+	uint64_t hash;
 	uint32_t mark;
 	int err;
 
@@ -325,9 +338,18 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 		stats.bad_writes++;
 		return;
 	}
-	h = held_find(c, out ? DIR_OUT : DIR_IN, packet_key(pkt, len));
+	hash = XXH3_64bits(pkt, len);
+	h = held_find(c, out ? DIR_OUT : DIR_IN, packet_key(pkt, len), hash,
+		      (uint32_t)len);
+	if (h != NULL && !(h->len == len && h->hash == hash) &&
+	    len > NFQB_MAX_VERDICT_PAYLOAD) {
+		/* a verdict cannot carry this much: the program's bytes go
+		 * out as a new packet, the kernel's copy is consumed */
+		held_drop(h);
+		h = NULL;
+	}
 	if (h != NULL) {
-		bool same = h->len == len && XXH3_64bits(pkt, len) == h->hash;
+		bool same = h->len == len && h->hash == hash;
 
 		if (!same && v4) {
 			if (out) {
@@ -440,8 +462,24 @@ static void listener_event(struct pollable *p, uint32_t events)
 	int fd, v;
 
 	(void)events;
-	while ((fd = accept4(p->fd, NULL, NULL,
-			     SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+	for (;;) {
+		fd = accept4(p->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE) &&
+		    reserve_fd >= 0) {
+			/* out of descriptors: take the connection with the
+			 * one we kept back and close it, so the listener
+			 * does not stay readable and spin the loop */
+			close(reserve_fd);
+			fd = accept4(p->fd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd >= 0)
+				close(fd);
+			reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			log_limited(&rl_client, 4, "refusing a client: out of "
+				    "file descriptors");
+			continue;
+		}
+		if (fd < 0)
+			break;
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) < 0 ||
 		    cred.uid != 0) {
 			/* creating a divert socket takes root */
@@ -512,6 +550,7 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 	pd = &pending[npending++];
 	pd->c = c;
 	pd->h = h;
+	pd->id = pkt->id;
 	in = iftable_by_index((int)pkt->indev);
 	memset(&pd->hdr, 0, sizeof(pd->hdr));
 	pd->hdr.type = DW_PACKET;
@@ -530,50 +569,52 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
  * packet when the socket buffer is), or the client is gone. */
 static void pending_failed(struct pending *pd)
 {
-	if (pd->h != NULL)
+	if (pd->h != NULL && pd->h->c == pd->c && pd->h->id == pd->id)
 		held_drop(pd->h);
 	stats.full++;
 }
 
+/* Send what this batch collected: one sendmmsg per client, each client's
+ * packets in the order they came. */
 void divert_sock_flush(void)
 {
-	unsigned i = 0;
+	static struct pending *order[PENDING_MAX];
 
-	while (i < npending) {
-		struct client *c = pending[i].c;
-		unsigned run = 1, sent = 0;
-		int n;
+	for (unsigned first = 0; first < npending; first++) {
+		struct client *c = pending[first].c;
+		unsigned run = 0, sent = 0;
 
-		if (c == NULL) {	/* closed during this batch */
-			i++;
+		if (c == NULL)		/* sent already, or client closed */
 			continue;
-		}
-		while (i + run < npending && pending[i + run].c == c)
+		for (unsigned k = first; k < npending; k++) {
+			if (pending[k].c != c)
+				continue;
+			order[run] = &pending[k];
+			memset(&pending_msgs[run], 0, sizeof(pending_msgs[0]));
+			pending_msgs[run].msg_hdr.msg_iov = pending[k].iov;
+			pending_msgs[run].msg_hdr.msg_iovlen = 2;
 			run++;
-		for (unsigned k = 0; k < run; k++) {
-			memset(&pending_msgs[i + k], 0, sizeof(pending_msgs[0]));
-			pending_msgs[i + k].msg_hdr.msg_iov = pending[i + k].iov;
-			pending_msgs[i + k].msg_hdr.msg_iovlen = 2;
 		}
 		while (sent < run) {
-			n = sendmmsg(c->p.fd, &pending_msgs[i + sent], run - sent,
-				     MSG_DONTWAIT | MSG_NOSIGNAL);
+			int n = sendmmsg(c->p.fd, &pending_msgs[sent], run - sent,
+					 MSG_DONTWAIT | MSG_NOSIGNAL);
 			if (n <= 0) {
 				/* the first unsent one failed: drop it, try
 				 * the rest (a smaller one may still fit) */
-				pending_failed(&pending[i + sent]);
+				pending_failed(order[sent]);
 				sent++;
 				continue;
 			}
 			for (int k = 0; k < n; k++) {
-				if (pending[i + sent + (unsigned)k].h != NULL)
+				if (order[sent + (unsigned)k]->h != NULL)
 					stats.diverted++;
 				else
 					stats.teed++;
 			}
 			sent += (unsigned)n;
 		}
-		i += run;
+		for (unsigned k = 0; k < run; k++)
+			order[k]->c = NULL;
 	}
 	npending = 0;
 }
@@ -621,6 +662,7 @@ int divert_sock_open(const struct divert_config *c)
 		wmsgs[i].msg_hdr.msg_iovlen = 1;
 	}
 
+	reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (make_parent_dir(c->socket_path) < 0) {
 		log_err("cannot create the directory of %s: %s", c->socket_path,
 			strerror(errno));
@@ -658,6 +700,9 @@ void divert_sock_close(void)
 		unlink(listen_path);
 	}
 	listener.fd = -1;
+	if (reserve_fd >= 0)
+		close(reserve_fd);
+	reserve_fd = -1;
 	free(held_pool);
 	free(wbuf);
 	held_pool = NULL;

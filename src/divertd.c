@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -36,6 +37,7 @@
 #define MAX_PORTS 1024
 
 static volatile sig_atomic_t stop_signal, dump_stats;
+static bool fatal_error;		/* the loop cannot go on: exit 1 */
 static int epfd = -1;
 
 static void on_signal(int sig)
@@ -139,6 +141,17 @@ static int netns_lock(void)
 	return fd;	/* kept open until exit */
 }
 
+/* Every client is a descriptor: take the hard limit, not the soft 1024. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
 static void log_stats(void)
 {
 	const struct divert_stats *s = divert_sock_stats();
@@ -175,7 +188,7 @@ static void nfq_event(struct pollable *p, uint32_t events)
 		divert_sock_flush();
 		if (n < 0) {
 			log_err("netlink receive failed: %s", strerror(errno));
-			stop_signal = SIGTERM;
+			fatal_error = true;
 			return;
 		}
 		if (n == 0)
@@ -286,6 +299,7 @@ int main(int argc, char **argv)
 
 	if (socket_free(socket_path) < 0 || netns_lock() < 0)
 		goto out_rules;
+	raise_fd_limit();
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (epfd < 0) {
 		log_err("epoll: %s", strerror(errno));
@@ -340,12 +354,13 @@ int main(int argc, char **argv)
 		setsid();
 	}
 
-	while (!stop_signal) {
+	while (!stop_signal && !fatal_error) {
 		struct epoll_event ev[64];
 		int n = epoll_pwait(epfd, ev, 64, divert_sock_timeout(), &orig);
 
 		if (n < 0 && errno != EINTR) {
 			log_err("epoll_pwait: %s", strerror(errno));
+			fatal_error = true;
 			break;
 		}
 		for (int i = 0; i < n; i++) {
@@ -361,7 +376,7 @@ int main(int argc, char **argv)
 	}
 	if (stop_signal)
 		log_info("signal %d: removing rules and exiting", (int)stop_signal);
-	ret = stop_signal ? 0 : 1;
+	ret = fatal_error ? 1 : 0;
 	log_stats();
 out_rules_installed:
 	fw_remove();
@@ -370,8 +385,6 @@ out_close:
 	nfqb_close();
 	inject_close();
 	iftable_close();
-	if (ret != 0 && !stop_signal)
-		fw_remove();
 out_rules:
 	ruleset_free(&rs);
 	return ret;

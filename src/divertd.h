@@ -248,6 +248,9 @@ struct nfqb_packet {
 };
 typedef void (*nfqb_packet_fn)(struct nfqb_packet *pkt, void *arg);
 
+/* The most a verdict can carry: a netlink attribute's length is 16 bits. */
+#define NFQB_MAX_VERDICT_PAYLOAD (65535 - 4)
+
 int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen);
 int nfqb_fd(void);
 /* Read one batch of packets and call fn for each; returns the number read,

@@ -77,10 +77,12 @@ enum fw_backend fw_probe(void)
 static int run(char *const argv[], const char *input, char **out)
 {
 	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t none;
 	int in_pipe[2] = { -1, -1 }, out_pipe[2] = { -1, -1 };
 	size_t cap = 0, len = 0;
 	char *buf = NULL;
-	int status = -1;
+	int status = -1, err;
 	pid_t pid;
 
 	if (pipe2(in_pipe, O_CLOEXEC) < 0 || pipe2(out_pipe, O_CLOEXEC) < 0)
@@ -89,12 +91,19 @@ static int run(char *const argv[], const char *input, char **out)
 	posix_spawn_file_actions_adddup2(&fa, in_pipe[0], 0);
 	if (out != NULL)
 		posix_spawn_file_actions_adddup2(&fa, out_pipe[1], 1);
-	if (posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ) != 0) {
-		posix_spawn_file_actions_destroy(&fa);
-		log_err("cannot run %s: %s", argv[0], strerror(errno));
+	/* the daemon blocks its signals outside epoll_pwait(): the child
+	 * must not inherit that, or a stuck iptables-restore ignores TERM */
+	sigemptyset(&none);
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+	err = posix_spawnp(&pid, argv[0], &fa, &attr, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	posix_spawnattr_destroy(&attr);
+	if (err != 0) {
+		log_err("cannot run %s: %s", argv[0], strerror(err));
 		goto out;
 	}
-	posix_spawn_file_actions_destroy(&fa);
 	close(in_pipe[0]);
 	close(out_pipe[1]);
 	in_pipe[0] = out_pipe[1] = -1;

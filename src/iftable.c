@@ -24,19 +24,29 @@
 #define IFTABLE_MAX 4096
 
 static struct mnl_socket *nl_events;	/* notifications */
-static struct iface table[IFTABLE_MAX];
-static size_t ntable;
+static struct iface table[IFTABLE_MAX], scratch[IFTABLE_MAX];
+static size_t ntable, nscratch;
 
-static struct iface *slot_for(int index, bool create)
+static struct iface *slot_for(int index)
 {
 	for (size_t i = 0; i < ntable; i++)
 		if (table[i].index == index)
 			return &table[i];
-	if (!create || ntable == IFTABLE_MAX)
+	return NULL;
+}
+
+/* A refill fills the scratch table; it replaces the live one only when
+ * both dumps succeeded. */
+static struct iface *scratch_slot(int index, bool create)
+{
+	for (size_t i = 0; i < nscratch; i++)
+		if (scratch[i].index == index)
+			return &scratch[i];
+	if (!create || nscratch == IFTABLE_MAX)
 		return NULL;
-	memset(&table[ntable], 0, sizeof(table[ntable]));
-	table[ntable].index = index;
-	return &table[ntable++];
+	memset(&scratch[nscratch], 0, sizeof(scratch[nscratch]));
+	scratch[nscratch].index = index;
+	return &scratch[nscratch++];
 }
 
 static int attr_cb(const struct nlattr *attr, void *data)
@@ -59,7 +69,7 @@ static int link_cb(const struct nlmsghdr *nlh, void *data)
 	mnl_attr_parse(nlh, sizeof(*ifm), attr_cb, tb);
 	if (tb[IFLA_IFNAME] == NULL)
 		return MNL_CB_OK;
-	ifc = slot_for(ifm->ifi_index, true);
+	ifc = scratch_slot(ifm->ifi_index, true);
 	if (ifc != NULL)
 		snprintf(ifc->name, sizeof(ifc->name), "%s",
 			 mnl_attr_get_str(tb[IFLA_IFNAME]));
@@ -90,7 +100,7 @@ static int addr_cb(const struct nlmsghdr *nlh, void *data)
 	a = tb[IFA_LOCAL] ? tb[IFA_LOCAL] : tb[IFA_ADDRESS];
 	if (a == NULL || mnl_attr_get_payload_len(a) != 4)
 		return MNL_CB_OK;
-	ifc = slot_for((int)ifa->ifa_index, false);
+	ifc = scratch_slot((int)ifa->ifa_index, false);
 	if (ifc != NULL && !ifc->has_v4) {
 		memcpy(&ifc->first_v4, mnl_attr_get_payload(a), 4);
 		ifc->has_v4 = true;
@@ -140,11 +150,13 @@ out:
 
 static int refill(void)
 {
-	ntable = 0;
+	nscratch = 0;
 	if (dump(RTM_GETLINK, link_cb) < 0 || dump(RTM_GETADDR, addr_cb) < 0) {
 		log_err("cannot read the interface list: %s", strerror(errno));
 		return -1;
 	}
+	memcpy(table, scratch, nscratch * sizeof(table[0]));
+	ntable = nscratch;
 	return 0;
 }
 
@@ -187,7 +199,7 @@ const struct iface *iftable_by_index(int index)
 {
 	if (index <= 0)
 		return NULL;
-	return slot_for(index, false);
+	return slot_for(index);
 }
 
 const struct iface *iftable_by_name(const char *name)

@@ -47,26 +47,46 @@ static struct mnl_nlmsg_batch *vbatch;
 static struct nfqb_stats stats;
 static struct log_ratelimit rl_errors;
 
-/* Send one configuration message and wait for its acknowledgement. */
+/* Send one configuration message and wait for its acknowledgement.
+ * Anything else read meanwhile is a packet of a queue bound before
+ * (possible only if some other rule already queues to it): no client can
+ * have it yet, so it is dropped like a packet for a port with no socket. */
 static int config_request(struct nlmsghdr *nlh)
 {
 	char buf[NL_BUFSIZE];
-	ssize_t n;
+	uint32_t seq = nlh->nlmsg_seq = (uint32_t)time(NULL) | 1;
 
 	nlh->nlmsg_flags |= NLM_F_ACK;
-	nlh->nlmsg_seq = (uint32_t)time(NULL);
 	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
 		return -1;
 	for (;;) {
-		n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
+		ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
+		const struct nlmsghdr *m = (const struct nlmsghdr *)buf;
+		int len = (int)n;
+
 		if (n < 0)
 			return -1;
-		/* packets may already arrive for a queue bound earlier:
-		 * they are dropped here (no client could have them yet) */
-		if (mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, portid, NULL,
-			       NULL) < 0)
-			return -1;
-		return 0;
+		for (; mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len)) {
+			const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
+			struct nlattr *attr[NFQA_MAX + 1] = { NULL };
+
+			if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == seq) {
+				if (e->error == 0)
+					return 0;
+				errno = -e->error;
+				return -1;
+			}
+			if (nfq_nlmsg_parse(m, attr) >= 0 && attr[NFQA_PACKET_HDR]) {
+				struct nfqnl_msg_packet_hdr *ph =
+					mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+				struct nfgenmsg *g = mnl_nlmsg_get_payload(m);
+				char vb[256];
+				struct nlmsghdr *v = nfq_nlmsg_put(vb, NFQNL_MSG_VERDICT,
+								   ntohs(g->res_id));
+				nfq_nlmsg_verdict_put(v, (int)ntohl(ph->packet_id), NF_DROP);
+				mnl_socket_sendto(nl, v, v->nlmsg_len);
+			}
+		}
 	}
 }
 
@@ -99,6 +119,7 @@ static int bind_queue(uint16_t queue, uint32_t maxlen)
 int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen)
 {
 	int one = 1, rcvbuf = NFQB_RCVBUF;
+	int sndbuf = NFQB_VBATCH + NFQB_SLOT + 4096;
 
 	slots = malloc((size_t)NFQB_BATCH * NFQB_SLOT);
 	vbuf = malloc(NFQB_VBATCH + NFQB_SLOT);
@@ -130,6 +151,14 @@ int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen)
 		       &rcvbuf, sizeof(rcvbuf)) < 0)
 		log_warn("cannot enlarge the netlink receive buffer: %s",
 			 strerror(errno));
+	/* the kernel refuses a netlink send larger than the send buffer:
+	 * make room for a whole verdict batch */
+	if (setsockopt(mnl_socket_get_fd(nl), SOL_SOCKET, SO_SNDBUFFORCE,
+		       &sndbuf, sizeof(sndbuf)) < 0) {
+		log_err("cannot size the netlink send buffer for verdict "
+			"batches: %s", strerror(errno));
+		return -1;
+	}
 	for (size_t i = 0; i < nqueues; i++)
 		if (bind_queue(queues[i], maxlen) < 0)
 			return -1;
