@@ -53,6 +53,20 @@ units() { (cd "$1" && ctest --output-on-failure); }
 
 step "build" build "$TOP/build"
 step "unit tests" units "$TOP/build"
+
+install_layout() { # the contract: P/sbin, P/lib, P/include
+	local p; p=$(mktemp -d)
+	cmake --install "$TOP/build" --prefix "$p" >/dev/null &&
+	test -x "$p/sbin/divertd" && test -e "$p/lib/libdivert_shim.so" &&
+	test -f "$p/include/divert.h" &&
+	echo '#include <divert.h>
+int main(void) { return PF_DIVERT == 44 && IPPROTO_DIVERT == 258 ? 0 : 1; }' |
+		cc -x c - -I"$p/include" -o "$p/t" && "$p/t"
+	local rc=$?
+	rm -rf "$p"
+	return $rc
+}
+step "cmake --install layout" install_layout
 step "golden rulesets load in the kernel" bash tests/golden/check-syntax.sh
 for s in tests/netns/*.sh; do
 	[ "$(basename "$s")" = lib.sh ] && continue
