@@ -33,6 +33,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,6 +268,21 @@ static void client_close(struct client *c)
 	free(c);
 }
 
+/* close() frees the port at once on FreeBSD.  Here the holder's hangup
+ * may wait in the same epoll round as the new bind: a holder that has
+ * hung up gives its port away now (its last writes are still read and
+ * handled when its own event comes). */
+static bool client_hung_up(struct client *c)
+{
+	struct pollfd pfd = { .fd = c->p.fd, .events = POLLRDHUP };
+
+	if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLRDHUP))) {
+		client_unbind(c);
+		return true;
+	}
+	return false;
+}
+
 static struct client *client_by_id(uint64_t id)
 {
 	for (unsigned i = 0; i < nclients; i++)
@@ -296,7 +312,8 @@ static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
 		client_reply(ctl, EINVAL);
 		return;
 	}
-	if (port_owner[port] != NULL && port_owner[port] != c) {
+	if (port_owner[port] != NULL && port_owner[port] != c &&
+	    !client_hung_up(port_owner[port])) {
 		client_reply(ctl, EADDRINUSE);
 		return;
 	}

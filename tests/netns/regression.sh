@@ -100,6 +100,16 @@ if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
 		bad "s6: socket API"; grep -v '^ok' "$TMP/s6.out" | sed 's/^/# /'
 	fi
 
+	# creating a divert socket takes root: EPERM for anyone else
+	if command -v setpriv >/dev/null; then
+		out=$(ip netns exec "$H" env LD_PRELOAD="$PRELOAD" DIVERT_SOCKET="$SOCK" \
+			setpriv --reuid=65534 --regid=65534 --clear-groups "$PROGS/div_nonroot" 2>&1)
+		rc=$?
+		check "s6: socket() as an unprivileged user fails with EPERM ($(echo $out))" test "$rc" -eq 0
+	else
+		skip "s6: EPERM for non-root (setpriv missing)"
+	fi
+
 	before=$(icmp_in_echos "$P")
 	divert_prog "$H" "$SOCK" div_inject out 192.0.2.1 192.0.2.2 3 >"$TMP/s7out.out" 2>&1
 	for _ in $(seq 40); do [ "$(icmp_in_echos "$P")" -ge $((before + 3)) ] && break; sleep 0.05; done

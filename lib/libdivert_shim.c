@@ -1,0 +1,1245 @@
+/*
+ * libdivert_shim.c: FreeBSD divert(4) sockets for unmodified programs, as
+ * clients of divertd.  LD_PRELOAD it, or link it (-ldivert_shim) ahead of
+ * libc: the same interposition works either way.
+ *
+ * Theory of operation.  socket(PF_DIVERT, SOCK_RAW, 0) (or the old form
+ * socket(PF_INET, SOCK_RAW, IPPROTO_DIVERT)) does not reach the kernel: the
+ * shim opens a SOCK_SEQPACKET connection to divertd's UNIX socket, reads the
+ * daemon's DW_WELCOME (the connection id) and hands that connection to the
+ * application as its divert fd.  Because the fd is a real kernel socket,
+ * poll/select/epoll, O_NONBLOCK, SO_RCVTIMEO, shutdown and fork need no
+ * help; the shim hooks only the calls whose meaning differs:
+ *
+ *   bind        a short-lived control connection carries DW_BIND {conn,
+ *               port}; the daemon's DW_REPLY holds 0 or the errno.
+ *   recv*, read, readv
+ *               one recvmsg whose first iovec is the wire header: the
+ *               packet lands in the caller's buffer, hdr.addr becomes the
+ *               source address.
+ *   send*, write, writev
+ *               FreeBSD's checks (divert_wire_check_write), then one
+ *               sendmsg of the header and the caller's iovecs.
+ *   get/setsockopt, getsockname, getpeername, connect, ioctl(FIONREAD)
+ *               answered here as FreeBSD 14 answers them.
+ *   close, close_range, closefrom, dup, dup2, dup3, fcntl(F_DUPFD*)
+ *               keep the per-fd registry right.
+ *
+ * Every other fd passes straight through: while no divert fd is open (an
+ * atomic count) a hook costs one load before it calls libc.  The registry
+ * maps an fd to a refcounted struct divsock shared by dup'ed fds; it is
+ * locked, allocates only in socket/dup paths, and an entry leaves it before
+ * the real close so that a recycled fd number is never mistaken for ours.
+ *
+ * The real functions come from dlsym(RTLD_NEXT) on first use (so a hook
+ * called from another library's constructor, before ours, still works),
+ * with libc itself as a fallback.  A thread-local flag marks the shim's own
+ * work: a hook entered while it is set (from dlsym, malloc, ...) goes
+ * straight to libc.  errno is preserved across the shim's own work;
+ * nothing is printed unless $DIVERT_DEBUG is set.
+ */
+#undef _FORTIFY_SOURCE		/* we define read, recv, recvfrom themselves */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <netinet/in.h>
+
+#include "divert.h"
+#include "divert_wire.h"
+
+#define SHIM_EXPORT __attribute__((visibility("default")))
+
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1U << 1)
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+#define SHIM_SOCK_TYPE_MASK 0xf		/* the kernel's SOCK_TYPE_MASK */
+#define SHIM_TIMEOUT_MS 5000		/* connect, welcome, bind reply */
+#define SHIM_IOV_MAX 64			/* caller iovecs per packet */
+/* FreeBSD's sb_max_adj with the default kern.ipc.maxsockbuf (2 MiB):
+ * a larger SO_RCVBUF / SO_SNDBUF fails with ENOBUFS there */
+#define SHIM_SOCKBUF_MAX 1864135
+
+/* ---- the real functions ---------------------------------------------- */
+
+#define SHIM_HOOKS(X) \
+	X(socket) X(bind) X(connect) X(getsockname) X(getpeername) \
+	X(close) X(close_range) X(closefrom) X(dup) X(dup2) X(dup3) \
+	X(fcntl) X(fcntl64) X(ioctl) X(getsockopt) X(setsockopt) \
+	X(read) X(readv) X(recv) X(recvfrom) X(recvmsg) \
+	X(write) X(writev) X(send) X(sendto) X(sendmsg)
+
+enum real_id {
+#define X(fn) R_##fn,
+	SHIM_HOOKS(X)
+#undef X
+	R_MAX
+};
+
+static const char *const real_name[R_MAX] = {
+#define X(fn) #fn,
+	SHIM_HOOKS(X)
+#undef X
+};
+
+static _Atomic(void *) real_fn[R_MAX];
+
+/* Set while the shim does its own work on this thread. */
+static __thread int shim_busy __attribute__((tls_model("initial-exec")));
+
+static void *real_get(enum real_id id)
+{
+	void *p = atomic_load_explicit(&real_fn[id], memory_order_acquire);
+	void *libc;
+	int saved;
+
+	if (p != NULL)
+		return p;
+	if (shim_busy)		/* dlsym itself got here: do not recurse */
+		return NULL;
+	saved = errno;
+	shim_busy = 1;
+	p = dlsym(RTLD_NEXT, real_name[id]);
+	if (p == NULL) {
+		/* the shim was loaded after libc (dlopen): ask libc */
+		libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+		if (libc != NULL) {
+			p = dlsym(libc, real_name[id]);
+			dlclose(libc);
+		}
+	}
+	shim_busy = 0;
+	errno = saved;
+	if (p != NULL)
+		atomic_store_explicit(&real_fn[id], p, memory_order_release);
+	return p;
+}
+
+#define REAL(fn) ((__typeof__(&fn))real_get(R_##fn))
+
+/* Call the real fn; -1/ENOSYS if libc has none (never in practice). */
+#define CALL_REAL(fn, ...) ({						\
+	__typeof__(&fn) real_ = REAL(fn);				\
+	real_ != NULL ? real_(__VA_ARGS__) : (errno = ENOSYS, -1);	\
+})
+
+static int set_errno(int err)
+{
+	errno = err;
+	return -1;
+}
+
+/* ---- debug output ---------------------------------------------------- */
+
+static atomic_int debug_on = -1;
+
+static bool debug_enabled(void)
+{
+	int on = atomic_load_explicit(&debug_on, memory_order_relaxed);
+	const char *v;
+
+	if (on < 0) {
+		v = getenv("DIVERT_DEBUG");
+		on = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+		atomic_store_explicit(&debug_on, on, memory_order_relaxed);
+	}
+	return on;
+}
+
+__attribute__((format(printf, 1, 2)))
+static void dbg(const char *fmt, ...)
+{
+	char buf[256];
+	int saved = errno;
+	int n, m;
+	va_list ap;
+
+	if (!debug_enabled())
+		return;
+	n = snprintf(buf, sizeof(buf), "libdivert_shim: [%d] ", (int)getpid());
+	va_start(ap, fmt);
+	m = vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	n = m < 0 ? n : n + m;
+	if ((size_t)n > sizeof(buf) - 2)
+		n = sizeof(buf) - 2;
+	buf[n++] = '\n';
+	if (REAL(write) != NULL)
+		(void)REAL(write)(STDERR_FILENO, buf, (size_t)n);
+	errno = saved;
+}
+
+/* ---- the registry ---------------------------------------------------- */
+
+/* What a divert socket is, shared by its dup'ed fds. */
+struct divsock {
+	unsigned refs;			/* registry slots pointing here */
+	struct divsock_opts {
+		uint64_t conn;		/* the daemon's connection id */
+		int rcvbuf, sndbuf;	/* SO_RCVBUF, SO_SNDBUF */
+		uint16_t port;		/* bound divert port */
+		bool bound;
+	} o;
+	struct sockaddr_un path;	/* the daemon, for bind's control */
+	socklen_t pathlen;		/* connection */
+};
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct divsock **reg_slot;	/* indexed by fd */
+static size_t reg_nslot;
+static atomic_uint reg_count;		/* divert fds open */
+
+/*
+ * The lock, with the thread marked busy while it is held: should free() or
+ * realloc() come back into a hook (an allocator closing an fd), the hook
+ * goes straight to libc instead of deadlocking on the lock.
+ */
+static int reg_enter(void)
+{
+	int busy = shim_busy;
+
+	shim_busy = 1;
+	pthread_mutex_lock(&reg_lock);
+	return busy;
+}
+
+static void reg_leave(int busy)
+{
+	pthread_mutex_unlock(&reg_lock);
+	shim_busy = busy;
+}
+
+static void reg_unref_locked(struct divsock *ds)
+{
+	if (--ds->refs == 0)
+		free(ds);
+}
+
+static void reg_unref(struct divsock *ds)
+{
+	int busy = reg_enter();
+
+	reg_unref_locked(ds);
+	reg_leave(busy);
+}
+
+/* True when hooks must look at the registry at all. */
+static inline bool reg_active(void)
+{
+	return atomic_load_explicit(&reg_count, memory_order_relaxed) != 0 &&
+	       !shim_busy;
+}
+
+/* The live entry of fd, or NULL; the lock is held. */
+static struct divsock *reg_get_locked(int fd)
+{
+	if (fd < 0 || (size_t)fd >= reg_nslot)
+		return NULL;
+	return reg_slot[fd];
+}
+
+/* Copy fd's options out; false when fd is not a divert fd. */
+static bool reg_lookup(int fd, struct divsock_opts *o)
+{
+	struct divsock *ds;
+	int busy;
+
+	if (!reg_active())
+		return false;
+	busy = reg_enter();
+	ds = reg_get_locked(fd);
+	if (ds != NULL && o != NULL)
+		*o = ds->o;
+	reg_leave(busy);
+	return ds != NULL;
+}
+
+/* A new reference to fd's state (for dup), or NULL. */
+static struct divsock *reg_ref(int fd)
+{
+	struct divsock *ds;
+	int busy;
+
+	if (!reg_active())
+		return NULL;
+	busy = reg_enter();
+	ds = reg_get_locked(fd);
+	if (ds != NULL)
+		ds->refs++;
+	reg_leave(busy);
+	return ds;
+}
+
+/* Take fd out of the registry and return its reference, or NULL. */
+static struct divsock *reg_take_locked(int fd)
+{
+	struct divsock *ds = reg_get_locked(fd);
+
+	if (ds != NULL) {
+		reg_slot[fd] = NULL;
+		atomic_fetch_sub_explicit(&reg_count, 1, memory_order_relaxed);
+	}
+	return ds;
+}
+
+static struct divsock *reg_take(int fd)
+{
+	struct divsock *ds;
+	int busy;
+
+	if (!reg_active())
+		return NULL;
+	busy = reg_enter();
+	ds = reg_take_locked(fd);
+	reg_leave(busy);
+	return ds;
+}
+
+/* Forget fd (it is about to be closed). */
+static void reg_remove(int fd)
+{
+	struct divsock *ds = reg_take(fd);
+
+	if (ds != NULL) {
+		dbg("fd %d closed", fd);
+		reg_unref(ds);
+	}
+}
+
+/* Forget every fd in [lo, hi]. */
+static void reg_remove_range(unsigned lo, unsigned hi)
+{
+	struct divsock *ds;
+	size_t fd;
+	int busy;
+
+	if (!reg_active())
+		return;
+	busy = reg_enter();
+	for (fd = lo; fd < reg_nslot && fd <= hi; fd++) {
+		ds = reg_take_locked((int)fd);
+		if (ds != NULL)
+			reg_unref_locked(ds);
+	}
+	reg_leave(busy);
+}
+
+/* Register fd with one reference to ds (consumed, also on failure). */
+static int reg_insert(int fd, struct divsock *ds)
+{
+	struct divsock **slot, *old;
+	size_t n;
+	int saved = errno, busy;
+
+	busy = reg_enter();
+	if ((size_t)fd >= reg_nslot) {
+		n = reg_nslot ? reg_nslot : 64;
+		while (n <= (size_t)fd)
+			n *= 2;
+		slot = realloc(reg_slot, n * sizeof(*slot));
+		if (slot == NULL) {
+			reg_unref_locked(ds);
+			reg_leave(busy);
+			return set_errno(ENOMEM);
+		}
+		memset(slot + reg_nslot, 0, (n - reg_nslot) * sizeof(*slot));
+		reg_slot = slot;
+		reg_nslot = n;
+	}
+	old = reg_take_locked(fd);	/* stale: closed behind our back */
+	if (old != NULL)
+		reg_unref_locked(old);
+	reg_slot[fd] = ds;
+	atomic_fetch_add_explicit(&reg_count, 1, memory_order_relaxed);
+	reg_leave(busy);
+	errno = saved;
+	return 0;
+}
+
+/* Record fd's bound port. */
+static void reg_set_port(int fd, uint16_t port)
+{
+	struct divsock *ds;
+	int busy = reg_enter();
+
+	ds = reg_get_locked(fd);
+	if (ds != NULL) {
+		ds->o.port = port;
+		ds->o.bound = true;
+	}
+	reg_leave(busy);
+}
+
+/* Record fd's SO_RCVBUF or SO_SNDBUF. */
+static void reg_set_buf(int fd, int name, int v)
+{
+	struct divsock *ds;
+	int busy = reg_enter();
+
+	ds = reg_get_locked(fd);
+	if (ds != NULL && name == SO_RCVBUF)
+		ds->o.rcvbuf = v;
+	else if (ds != NULL)
+		ds->o.sndbuf = v;
+	reg_leave(busy);
+}
+
+/* The daemon's path for fd's control connections. */
+static bool reg_path(int fd, struct sockaddr_un *sun, socklen_t *len)
+{
+	struct divsock *ds;
+	int busy = reg_enter();
+
+	ds = reg_get_locked(fd);
+	if (ds != NULL) {
+		*sun = ds->path;
+		*len = ds->pathlen;
+	}
+	reg_leave(busy);
+	return ds != NULL;
+}
+
+static void reg_atfork_prepare(void)
+{
+	pthread_mutex_lock(&reg_lock);
+}
+
+static void reg_atfork_release(void)
+{
+	pthread_mutex_unlock(&reg_lock);
+}
+
+/* ---- talking to divertd ---------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Fill sun with $DIVERT_SOCKET or the default; -errno. */
+static int daemon_path(struct sockaddr_un *sun, socklen_t *len)
+{
+	const char *path = secure_getenv("DIVERT_SOCKET");
+	size_t n;
+
+	if (path == NULL || *path == '\0')
+		path = DIVERT_SOCKET_DEFAULT;
+	n = strlen(path);
+	if (n >= sizeof(sun->sun_path)) {
+		dbg("DIVERT_SOCKET too long: %s", path);
+		return -ENAMETOOLONG;
+	}
+	memset(sun, 0, sizeof(*sun));
+	sun->sun_family = AF_UNIX;
+	memcpy(sun->sun_path, path, n);
+	*len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+	return 0;
+}
+
+/*
+ * A new connection to the daemon; fd or -errno (of connect, unmapped).
+ * SO_SNDTIMEO bounds the wait when the daemon's backlog is full; it is
+ * reset before the fd is used.
+ */
+static int daemon_connect(const struct sockaddr_un *sun, socklen_t len,
+			  int cloexec)
+{
+	struct timeval tv = { SHIM_TIMEOUT_MS / 1000, 0 }, zero = { 0, 0 };
+	int fd, err;
+
+	fd = REAL(socket)(AF_UNIX, SOCK_SEQPACKET | cloexec, 0);
+	if (fd < 0)
+		return -errno;
+	(void)REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (REAL(connect)(fd, (const struct sockaddr *)sun, len) < 0) {
+		err = errno == EINPROGRESS ? EAGAIN : errno;
+		dbg("connect %s: %s", sun->sun_path, strerror(err));
+		REAL(close)(fd);
+		return -err;
+	}
+	(void)REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof(zero));
+	return fd;
+}
+
+/*
+ * Read one control message of type want (a DW_WELCOME before it is
+ * skipped unless want is DW_WELCOME) within SHIM_TIMEOUT_MS; 0 or -errno:
+ * ETIMEDOUT, ECONNRESET (the daemon closed), EPROTO (not the protocol).
+ */
+static int daemon_read(int fd, uint16_t want, struct divert_wire_hdr *hdr)
+{
+	int64_t deadline = now_ms() + SHIM_TIMEOUT_MS, left;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	ssize_t n;
+	int r;
+
+	for (;;) {
+		left = deadline - now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		r = poll(&pfd, 1, (int)left);
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (r <= 0)
+			continue;
+		n = REAL(recv)(fd, hdr, sizeof(*hdr), MSG_DONTWAIT | MSG_TRUNC);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ECONNRESET;
+		if ((size_t)n != sizeof(*hdr) ||
+		    hdr->version != DIVERT_WIRE_VERSION) {
+			dbg("bad message from divertd: length %zd version %u",
+			    n, (size_t)n >= 4 ? hdr->version : 0);
+			return -EPROTO;
+		}
+		if (hdr->type == want)
+			return 0;
+		if (hdr->type != DW_WELCOME) {
+			dbg("unexpected message type %u from divertd",
+			    hdr->type);
+			return -EPROTO;
+		}
+	}
+}
+
+/* ---- socket ------------------------------------------------------------ */
+
+static bool is_divert(int domain, int type, int protocol)
+{
+	return domain == PF_DIVERT ||
+	       (domain == AF_INET &&
+		(type & SHIM_SOCK_TYPE_MASK) == SOCK_RAW &&
+		protocol == IPPROTO_DIVERT);
+}
+
+/* errno for socket() when the daemon cannot be reached */
+static int socket_errno(int err)
+{
+	switch (err) {
+	case ENOENT:
+	case ENOTDIR:
+	case ECONNREFUSED:
+	case ENAMETOOLONG:
+		return EPROTONOSUPPORT;	/* as FreeBSD without ipdivert */
+	case EACCES:
+	case EPERM:
+		return EPERM;
+	case EAGAIN:
+		return ETIMEDOUT;	/* the daemon's backlog stayed full */
+	default:
+		return err;
+	}
+}
+
+static int div_socket(int type)
+{
+	struct divert_wire_hdr hdr;
+	struct divsock *ds;
+	int saved = errno, fd, err, fl;
+
+	if (type & ~(SHIM_SOCK_TYPE_MASK | SOCK_CLOEXEC | SOCK_NONBLOCK))
+		return set_errno(EINVAL);
+	if ((type & SHIM_SOCK_TYPE_MASK) != SOCK_RAW)
+		return set_errno(EPROTOTYPE);
+	if (geteuid() != 0)
+		return set_errno(EPERM);
+
+	shim_busy = 1;
+	ds = calloc(1, sizeof(*ds));
+	shim_busy = 0;
+	if (ds == NULL)
+		return set_errno(ENOBUFS);
+	ds->refs = 1;
+	ds->o.rcvbuf = ds->o.sndbuf = DIVERT_SOCKBUF_DEFAULT;
+	err = daemon_path(&ds->path, &ds->pathlen);
+	if (err < 0) {
+		free(ds);
+		return set_errno(socket_errno(-err));
+	}
+
+	fd = daemon_connect(&ds->path, ds->pathlen, type & SOCK_CLOEXEC);
+	if (fd < 0) {
+		free(ds);
+		return set_errno(socket_errno(-fd));
+	}
+	err = daemon_read(fd, DW_WELCOME, &hdr);
+	if (err < 0) {
+		dbg("no welcome from divertd: %s", strerror(-err));
+		REAL(close)(fd);
+		free(ds);
+		/* closed at once: over its client limit; garbled: not ours */
+		return set_errno(err == -ECONNRESET ? ENOBUFS :
+				 err == -EPROTO ? EPROTONOSUPPORT : -err);
+	}
+	ds->o.conn = hdr.conn;
+
+	if (type & SOCK_NONBLOCK) {
+		fl = REAL(fcntl)(fd, F_GETFL);
+		if (fl < 0 || REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+			err = errno;
+			REAL(close)(fd);
+			free(ds);
+			return set_errno(err);
+		}
+	}
+	if (reg_insert(fd, ds) < 0) {
+		REAL(close)(fd);
+		return set_errno(ENOBUFS);
+	}
+	dbg("fd %d: divert socket, connection %llu", fd,
+	    (unsigned long long)hdr.conn);
+	errno = saved;
+	return fd;
+}
+
+/* ---- bind -------------------------------------------------------------- */
+
+static int div_bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	struct divert_wire_hdr req, rep;
+	struct sockaddr_in sin;
+	struct sockaddr_un sun;
+	struct divsock_opts o;
+	socklen_t sunlen;
+	int saved = errno, cfd, err;
+	uint16_t port;
+
+	if (addr == NULL || len < sizeof(sa_family_t))
+		return set_errno(EINVAL);
+	if (addr->sa_family != AF_INET)
+		return set_errno(EAFNOSUPPORT);
+	if (len != sizeof(struct sockaddr_in))
+		return set_errno(EINVAL);
+	memcpy(&sin, addr, sizeof(sin));
+	port = ntohs(sin.sin_port);
+	if (!reg_lookup(fd, &o) || !reg_path(fd, &sun, &sunlen))
+		return set_errno(EBADF);	/* closed meanwhile */
+
+	cfd = daemon_connect(&sun, sunlen, SOCK_CLOEXEC);
+	if (cfd < 0)
+		return set_errno(EADDRNOTAVAIL);
+	memset(&req, 0, sizeof(req));
+	req.type = DW_BIND;
+	req.version = DIVERT_WIRE_VERSION;
+	req.conn = o.conn;
+	req.val = port;
+	if (REAL(send)(cfd, &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
+		dbg("bind: sending DW_BIND: %s", strerror(errno));
+		REAL(close)(cfd);
+		return set_errno(EADDRNOTAVAIL);
+	}
+	err = daemon_read(cfd, DW_REPLY, &rep);
+	REAL(close)(cfd);
+	if (err < 0) {
+		dbg("bind: no reply from divertd: %s", strerror(-err));
+		return set_errno(err == -ETIMEDOUT ? ETIMEDOUT : EADDRNOTAVAIL);
+	}
+	if (rep.arg != 0) {
+		dbg("fd %d: bind to port %u: %s", fd, port,
+		    strerror((int)rep.arg));
+		return set_errno(rep.arg < 4096 ? (int)rep.arg : EPROTO);
+	}
+	reg_set_port(fd, port);
+	dbg("fd %d: bound to port %u", fd, port);
+	errno = saved;
+	return 0;
+}
+
+/* ---- receiving --------------------------------------------------------- */
+
+/*
+ * One packet into msg's iovecs, its divert address into msg_name.  Messages
+ * other than DW_PACKET (the daemon sends none after the welcome) are
+ * skipped.  Returns the packet length (the full one with MSG_TRUNC), 0 when
+ * the daemon has gone (a peer closing, as a datagram socket sees it), or -1
+ * with errno as the kernel gave it.
+ */
+static ssize_t div_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	struct iovec iov[1 + SHIM_IOV_MAX];
+	struct divert_wire_hdr hdr;
+	struct msghdr m;
+	size_t c;
+	ssize_t n;
+
+	if (msg->msg_iovlen > SHIM_IOV_MAX)
+		return set_errno(EMSGSIZE);
+	if (msg->msg_iovlen > 0 && msg->msg_iov == NULL)
+		return set_errno(EFAULT);
+	iov[0].iov_base = &hdr;
+	iov[0].iov_len = sizeof(hdr);
+	if (msg->msg_iovlen > 0)
+		memcpy(&iov[1], msg->msg_iov, msg->msg_iovlen * sizeof(*iov));
+	memset(&m, 0, sizeof(m));
+	m.msg_iov = iov;
+	m.msg_iovlen = 1 + msg->msg_iovlen;
+
+	for (;;) {
+		m.msg_flags = 0;
+		n = REAL(recvmsg)(fd, &m, flags);
+		if (n <= 0)
+			return n;
+		if ((size_t)n >= sizeof(hdr) && hdr.type == DW_PACKET)
+			break;
+		dbg("fd %d: skipping a message of length %zd", fd, n);
+		/* a peeked message stays: take it off, then peek again */
+		if ((flags & MSG_PEEK) &&
+		    REAL(recv)(fd, &hdr, sizeof(hdr), MSG_DONTWAIT) < 0 &&
+		    errno != EAGAIN)
+			return -1;
+	}
+
+	if (msg->msg_name != NULL) {
+		c = msg->msg_namelen < sizeof(hdr.addr) ? msg->msg_namelen
+							: sizeof(hdr.addr);
+		memcpy(msg->msg_name, &hdr.addr, c);
+		msg->msg_namelen = sizeof(hdr.addr);
+	}
+	msg->msg_controllen = 0;
+	msg->msg_flags = m.msg_flags;
+	return n - (ssize_t)sizeof(hdr);
+}
+
+static ssize_t div_recvfrom(int fd, void *buf, size_t len, int flags,
+			    struct sockaddr *from, socklen_t *fromlen)
+{
+	struct iovec iov = { .iov_base = buf, .iov_len = len };
+	struct msghdr msg;
+	ssize_t n;
+
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	if (from != NULL && fromlen != NULL) {
+		msg.msg_name = from;
+		msg.msg_namelen = *fromlen;
+	}
+	n = div_recvmsg(fd, &msg, flags);
+	if (n > 0 && msg.msg_name != NULL)
+		*fromlen = msg.msg_namelen;
+	return n;
+}
+
+static ssize_t div_readv(int fd, const struct iovec *iov, int iovcnt)
+{
+	struct msghdr msg;
+
+	if (iovcnt < 0)
+		return set_errno(EINVAL);
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_iov = (struct iovec *)(uintptr_t)iov;
+	msg.msg_iovlen = (size_t)iovcnt;
+	return div_recvmsg(fd, &msg, 0);
+}
+
+/*
+ * FIONREAD: the length of the next packet, 0 when none.  Linux counts every
+ * queued message of a SOCK_SEQPACKET socket, wire headers included, which
+ * cannot be turned into packet bytes; FreeBSD counts the data of all queued
+ * packets.  The next packet's length is what a reader sizes a buffer by,
+ * and it is non-zero exactly when FreeBSD's is.
+ */
+static int div_fionread(int fd, int *np)
+{
+	struct divert_wire_hdr hdr;
+	int saved = errno;
+	ssize_t n;
+
+	if (np == NULL)
+		return set_errno(EFAULT);
+	n = REAL(recv)(fd, &hdr, sizeof(hdr),
+		       MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
+	if (n < 0 && errno != EAGAIN)
+		return -1;
+	*np = n > (ssize_t)sizeof(hdr) && hdr.type == DW_PACKET
+	      ? (int)(n - (ssize_t)sizeof(hdr)) : 0;
+	errno = saved;
+	return 0;
+}
+
+/* ---- sending ----------------------------------------------------------- */
+
+/*
+ * Write one packet, msg's iovecs, to msg_name (NULL: outgoing).  FreeBSD's
+ * checks first, on the first 20 bytes (gathered when the first iovec is
+ * shorter); then one sendmsg of the wire header and the caller's iovecs.
+ */
+static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
+			   const struct msghdr *msg, int flags)
+{
+	struct iovec iov[1 + SHIM_IOV_MAX];
+	struct divert_wire_hdr hdr;
+	uint8_t head[20];
+	const void *pkt = head;
+	struct msghdr m;
+	size_t len = 0, got, c, i;
+	ssize_t n;
+	int err;
+
+	if (msg->msg_iovlen > SHIM_IOV_MAX)
+		return set_errno(EMSGSIZE);
+	if (msg->msg_iovlen > 0 && msg->msg_iov == NULL)
+		return set_errno(EFAULT);
+	for (i = 0; i < msg->msg_iovlen; i++)
+		len = msg->msg_iov[i].iov_len > SIZE_MAX - len ? SIZE_MAX
+				: len + msg->msg_iov[i].iov_len;
+	if (msg->msg_iovlen > 0 && msg->msg_iov[0].iov_len >= sizeof(head)) {
+		pkt = msg->msg_iov[0].iov_base;
+	} else if (len >= sizeof(head)) {
+		for (i = 0, got = 0; got < sizeof(head); i++) {
+			c = msg->msg_iov[i].iov_len;
+			if (c > sizeof(head) - got)
+				c = sizeof(head) - got;
+			if (c > 0)
+				memcpy(head + got, msg->msg_iov[i].iov_base, c);
+			got += c;
+		}
+	}
+	err = divert_wire_check_write(pkt, len, msg->msg_name,
+				      msg->msg_name ? msg->msg_namelen : 0,
+				      (size_t)o->sndbuf);
+	if (err != 0)
+		return set_errno(err);
+
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.type = DW_PACKET;
+	hdr.version = DIVERT_WIRE_VERSION;
+	if (msg->msg_name != NULL) {
+		hdr.arg = 1;
+		memcpy(&hdr.addr, msg->msg_name, sizeof(hdr.addr));
+	}
+	iov[0].iov_base = &hdr;
+	iov[0].iov_len = sizeof(hdr);
+	if (msg->msg_iovlen > 0)
+		memcpy(&iov[1], msg->msg_iov, msg->msg_iovlen * sizeof(*iov));
+	memset(&m, 0, sizeof(m));
+	m.msg_iov = iov;
+	m.msg_iovlen = 1 + msg->msg_iovlen;
+	/* MSG_NOSIGNAL: a daemon gone away is EPIPE, not a dead program */
+	n = REAL(sendmsg)(fd, &m, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);
+	if (n < 0)
+		return -1;
+	return n >= (ssize_t)sizeof(hdr) ? n - (ssize_t)sizeof(hdr) : 0;
+}
+
+static ssize_t div_sendto(int fd, const struct divsock_opts *o,
+			  const void *buf, size_t len, int flags,
+			  const struct sockaddr *to, socklen_t tolen)
+{
+	struct iovec iov = { .iov_base = (void *)(uintptr_t)buf,
+			     .iov_len = len };
+	struct msghdr msg;
+
+	if (to == NULL)
+		return set_errno(EDESTADDRREQ);
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_name = (void *)(uintptr_t)to;
+	msg.msg_namelen = tolen;
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	return div_sendmsg(fd, o, &msg, flags);
+}
+
+/* ---- socket options ---------------------------------------------------- */
+
+static int put_int_opt(void *optval, socklen_t *optlen, int v)
+{
+	socklen_t c;
+
+	if (optval == NULL || optlen == NULL)
+		return set_errno(EFAULT);
+	/* as both kernels do: a short buffer gets the first bytes */
+	c = *optlen < sizeof(int) ? *optlen : sizeof(int);
+	memcpy(optval, &v, c);
+	*optlen = c;
+	return 0;
+}
+
+static int div_getsockopt(int fd, const struct divsock_opts *o, int level,
+			  int name, void *optval, socklen_t *optlen)
+{
+	if (level != SOL_SOCKET)
+		return set_errno(ENOPROTOOPT);	/* no pr_ctloutput */
+	switch (name) {
+	case SO_RCVBUF:
+		return put_int_opt(optval, optlen, o->rcvbuf);
+	case SO_SNDBUF:
+		return put_int_opt(optval, optlen, o->sndbuf);
+	case SO_TYPE:
+		return put_int_opt(optval, optlen, SOCK_RAW);
+	case SO_DOMAIN:
+		return put_int_opt(optval, optlen, PF_DIVERT);
+	case SO_PROTOCOL:
+		return put_int_opt(optval, optlen, 0);
+	default:
+		return CALL_REAL(getsockopt, fd, level, name, optval, optlen);
+	}
+}
+
+static int div_setsockopt(int fd, int level,
+			  int name, const void *optval, socklen_t optlen)
+{
+	struct divert_wire_hdr hdr;
+	int saved = errno, v;
+
+	if (level != SOL_SOCKET)
+		return set_errno(ENOPROTOOPT);
+	if (name != SO_RCVBUF && name != SO_SNDBUF)
+		return CALL_REAL(setsockopt, fd, level, name, optval, optlen);
+	if (optval == NULL)
+		return set_errno(EFAULT);
+	if (optlen < sizeof(int))
+		return set_errno(EINVAL);
+	memcpy(&v, optval, sizeof(v));
+	if (v <= 0)
+		return set_errno(EINVAL);
+	if (v > SHIM_SOCKBUF_MAX)
+		return set_errno(ENOBUFS);
+	reg_set_buf(fd, name, v);
+
+	/* tell the daemon, which queues and checks by these; it is advice:
+	 * a full socket or a daemon gone does not fail the call */
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.type = DW_SETOPT;
+	hdr.version = DIVERT_WIRE_VERSION;
+	hdr.arg = (uint32_t)name;
+	hdr.val = (uint32_t)v;
+	if (REAL(send)(fd, &hdr, sizeof(hdr), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		dbg("fd %d: DW_SETOPT not sent: %s", fd, strerror(errno));
+	errno = saved;
+	return 0;
+}
+
+/* ---- dup --------------------------------------------------------------- */
+
+/* After a successful dup of a divert fd: register nfd (consumes ds). */
+static int dup_register(int nfd, struct divsock *ds)
+{
+	if (reg_insert(nfd, ds) < 0) {
+		REAL(close)(nfd);
+		return set_errno(ENOMEM);
+	}
+	dbg("fd %d: duplicate of a divert socket", nfd);
+	return nfd;
+}
+
+/* dup2 / dup3 onto newfd, which may itself be a divert fd. */
+static int div_dup_onto(int oldfd, int newfd, int flags, bool is_dup3)
+{
+	struct divsock *ds, *dropped;
+	int r;
+
+	if (oldfd == newfd || !reg_active())
+		return is_dup3 ? CALL_REAL(dup3, oldfd, newfd, flags)
+			       : CALL_REAL(dup2, oldfd, newfd);
+	ds = reg_ref(oldfd);
+	dropped = reg_take(newfd);	/* newfd gets closed by the call */
+	r = is_dup3 ? CALL_REAL(dup3, oldfd, newfd, flags)
+		    : CALL_REAL(dup2, oldfd, newfd);
+	if (r < 0) {
+		if (dropped != NULL)	/* newfd is untouched */
+			(void)reg_insert(newfd, dropped);
+		if (ds != NULL)
+			reg_unref(ds);
+		return -1;
+	}
+	if (dropped != NULL)
+		reg_unref(dropped);
+	return ds != NULL ? dup_register(r, ds) : r;
+}
+
+/* ---- the hooks: thin, forwarding, exported ----------------------------- */
+
+SHIM_EXPORT int socket(int domain, int type, int protocol)
+{
+	if (shim_busy || !is_divert(domain, type, protocol))
+		return CALL_REAL(socket, domain, type, protocol);
+	if (REAL(socket) == NULL)
+		return set_errno(ENOSYS);
+	return div_socket(type);
+}
+
+SHIM_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(bind, fd, addr, len);
+	return div_bind(fd, addr, len);
+}
+
+SHIM_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(connect, fd, addr, len);
+	return set_errno(EOPNOTSUPP);
+}
+
+SHIM_EXPORT int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(getsockname, fd, addr, len);
+	return set_errno(EOPNOTSUPP);
+}
+
+SHIM_EXPORT int getpeername(int fd, struct sockaddr *addr, socklen_t *len)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(getpeername, fd, addr, len);
+	return set_errno(ENOTCONN);
+}
+
+SHIM_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(recvmsg, fd, msg, flags);
+	if (msg == NULL)
+		return set_errno(EFAULT);
+	return div_recvmsg(fd, msg, flags);
+}
+
+SHIM_EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags,
+			     struct sockaddr *from, socklen_t *fromlen)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(recvfrom, fd, buf, len, flags, from, fromlen);
+	return div_recvfrom(fd, buf, len, flags, from, fromlen);
+}
+
+SHIM_EXPORT ssize_t recv(int fd, void *buf, size_t len, int flags)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(recv, fd, buf, len, flags);
+	return div_recvfrom(fd, buf, len, flags, NULL, NULL);
+}
+
+SHIM_EXPORT ssize_t read(int fd, void *buf, size_t len)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(read, fd, buf, len);
+	return div_recvfrom(fd, buf, len, 0, NULL, NULL);
+}
+
+SHIM_EXPORT ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(readv, fd, iov, iovcnt);
+	return div_readv(fd, iov, iovcnt);
+}
+
+SHIM_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	struct divsock_opts o;
+
+	if (!reg_lookup(fd, &o))
+		return CALL_REAL(sendmsg, fd, msg, flags);
+	if (msg == NULL)
+		return set_errno(EFAULT);
+	return div_sendmsg(fd, &o, msg, flags);
+}
+
+SHIM_EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags,
+			   const struct sockaddr *to, socklen_t tolen)
+{
+	struct divsock_opts o;
+
+	if (!reg_lookup(fd, &o))
+		return CALL_REAL(sendto, fd, buf, len, flags, to, tolen);
+	return div_sendto(fd, &o, buf, len, flags, to, tolen);
+}
+
+SHIM_EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(send, fd, buf, len, flags);
+	return set_errno(EDESTADDRREQ);
+}
+
+SHIM_EXPORT ssize_t write(int fd, const void *buf, size_t len)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(write, fd, buf, len);
+	return set_errno(EDESTADDRREQ);
+}
+
+SHIM_EXPORT ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(writev, fd, iov, iovcnt);
+	return set_errno(EDESTADDRREQ);
+}
+
+SHIM_EXPORT int getsockopt(int fd, int level, int name, void *optval,
+			   socklen_t *optlen)
+{
+	struct divsock_opts o;
+
+	if (!reg_lookup(fd, &o))
+		return CALL_REAL(getsockopt, fd, level, name, optval, optlen);
+	return div_getsockopt(fd, &o, level, name, optval, optlen);
+}
+
+SHIM_EXPORT int setsockopt(int fd, int level, int name, const void *optval,
+			   socklen_t optlen)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(setsockopt, fd, level, name, optval, optlen);
+	return div_setsockopt(fd, level, name, optval, optlen);
+}
+
+SHIM_EXPORT int ioctl(int fd, unsigned long req, ...)
+{
+	void *arg;
+	va_list ap;
+
+	va_start(ap, req);
+	arg = va_arg(ap, void *);	/* as libc reads it: one word */
+	va_end(ap);
+	if (req != FIONREAD || !reg_lookup(fd, NULL))
+		return CALL_REAL(ioctl, fd, req, arg);
+	return div_fionread(fd, arg);
+}
+
+SHIM_EXPORT int close(int fd)
+{
+	if (reg_active())
+		reg_remove(fd);
+	return CALL_REAL(close, fd);
+}
+
+SHIM_EXPORT int close_range(unsigned int first, unsigned int last, int flags)
+{
+	/* only a call that will close fds: the kernel refuses the rest */
+	if (first <= last && !(flags & (int)CLOSE_RANGE_CLOEXEC) &&
+	    !(flags & ~(int)(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)))
+		reg_remove_range(first, last);
+	return CALL_REAL(close_range, first, last, flags);
+}
+
+SHIM_EXPORT void closefrom(int lowfd)
+{
+	__typeof__(&closefrom) real = REAL(closefrom);
+
+	reg_remove_range(lowfd < 0 ? 0 : (unsigned)lowfd, UINT_MAX);
+	if (real != NULL)
+		real(lowfd);
+}
+
+SHIM_EXPORT int dup(int fd)
+{
+	struct divsock *ds = reg_ref(fd);
+	int nfd;
+
+	nfd = CALL_REAL(dup, fd);
+	if (ds == NULL)
+		return nfd;
+	if (nfd < 0) {
+		reg_unref(ds);
+		return -1;
+	}
+	return dup_register(nfd, ds);
+}
+
+SHIM_EXPORT int dup2(int oldfd, int newfd)
+{
+	return div_dup_onto(oldfd, newfd, 0, false);
+}
+
+SHIM_EXPORT int dup3(int oldfd, int newfd, int flags)
+{
+	return div_dup_onto(oldfd, newfd, flags, true);
+}
+
+/*
+ * fcntl's third argument is an int, a pointer or absent depending on cmd;
+ * each is read as what it is (unknown commands as a pointer-sized word,
+ * which is how libc itself passes them on).
+ */
+#define FCNTL_HOOK(fn)							\
+	int cmd_int, r;							\
+	void *cmd_ptr;							\
+	struct divsock *ds;						\
+	va_list ap;							\
+									\
+	switch (cmd) {							\
+	case F_GETFD: case F_GETFL: case F_GETOWN: case F_GETSIG:	\
+	case F_GETLEASE: case F_GETPIPE_SZ: case F_GET_SEALS:		\
+		return CALL_REAL(fn, fd, cmd);				\
+	case F_DUPFD: case F_DUPFD_CLOEXEC:				\
+	case F_SETFD: case F_SETFL: case F_SETOWN: case F_SETSIG:	\
+	case F_SETLEASE: case F_NOTIFY: case F_SETPIPE_SZ:		\
+	case F_ADD_SEALS:						\
+		va_start(ap, cmd);					\
+		cmd_int = va_arg(ap, int);				\
+		va_end(ap);						\
+		if (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)		\
+			return CALL_REAL(fn, fd, cmd, cmd_int);		\
+		ds = reg_ref(fd);					\
+		r = CALL_REAL(fn, fd, cmd, cmd_int);			\
+		if (ds == NULL)						\
+			return r;					\
+		if (r < 0) {						\
+			reg_unref(ds);					\
+			return -1;					\
+		}							\
+		return dup_register(r, ds);				\
+	default:							\
+		va_start(ap, cmd);					\
+		cmd_ptr = va_arg(ap, void *);				\
+		va_end(ap);						\
+		return CALL_REAL(fn, fd, cmd, cmd_ptr);			\
+	}
+
+SHIM_EXPORT int fcntl(int fd, int cmd, ...)
+{
+	FCNTL_HOOK(fcntl)
+}
+
+SHIM_EXPORT int fcntl64(int fd, int cmd, ...)
+{
+	FCNTL_HOOK(fcntl64)
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+__attribute__((constructor))
+static void shim_init(void)
+{
+	int saved = errno;
+	int i;
+
+	for (i = 0; i < R_MAX; i++)
+		(void)real_get((enum real_id)i);
+	pthread_atfork(reg_atfork_prepare, reg_atfork_release,
+		       reg_atfork_release);
+	(void)debug_enabled();
+	errno = saved;
+}
