@@ -336,6 +336,21 @@ static void client_setopt(struct client *c, const struct divert_wire_hdr *m)
 	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
 }
 
+/* The interface an incoming write arrives on (FreeBSD div_output_inbound):
+ * the name in sin_zero when it is NUL-terminated there and names one, else
+ * the interface owning sin_addr. */
+static const struct iface *incoming_iface(const struct sockaddr_in *sin)
+{
+	const char *zero = (const char *)sin->sin_zero;
+	const struct iface *ifc = NULL;
+
+	if (memchr(zero, '\0', sizeof(sin->sin_zero)) != NULL && zero[0] != '\0')
+		ifc = iftable_by_name(zero);
+	if (ifc == NULL)
+		ifc = iftable_by_v4(sin->sin_addr);
+	return ifc;
+}
+
 /* A written packet: the verdict of the held packet it answers, or new. */
 static void client_write(struct client *c, const struct divert_wire_hdr *m,
 			 uint8_t *pkt, size_t len)
@@ -392,11 +407,17 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 		err = inject_out(pkt, len, mark);
 		stats.injected_out++;
 	} else {
+		const struct iface *ifc = incoming_iface(sin);
+
+		if (ifc == NULL) {
+			stats.no_iface++;
+			return;
+		}
 		if (v4 && !cksum_ipv4_header_ok(pkt, len)) {
 			stats.bad_cksum_in++;
 			return;
 		}
-		err = inject_in(pkt, len, mark);
+		err = inject_in(pkt, len, mark, ifc);
 		stats.injected_in++;
 	}
 	if (err < 0) {

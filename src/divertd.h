@@ -207,16 +207,26 @@ void iftable_close(void);
 /* Fresh injection of packets that answer no held packet.
  * Outgoing: a raw IP socket, the mark carrying the tag, so the packet runs
  * the outgoing pass after the tag.  Incoming: a veth pair of our own
- * (INJECT_IFNAME receives what we write on its peer through AF_PACKET),
- * marked likewise, so the stack receives it and the incoming pass resumes
- * after the tag. */
+ * (INJECT_IFNAME receives what we write on its peer through AF_PACKET)
+ * whose tc ingress redirects it to the named interface, marked likewise,
+ * so the stack receives it there and the incoming pass resumes after the
+ * tag. */
 #define INJECT_IFNAME "divertd0"
 #define INJECT_PEER   "divertd1"
 int inject_open(void);
 void inject_close(void);
 /* 0 or -errno (routing errors and the like). */
 int inject_out(const uint8_t *pkt, size_t len, uint32_t mark);
-int inject_in(const uint8_t *pkt, size_t len, uint32_t mark);
+/* As received on ifc. */
+int inject_in(const uint8_t *pkt, size_t len, uint32_t mark,
+	      const struct iface *ifc);
+
+/* ---- spawn.c ---------------------------------------------------------- */
+
+/* Run argv (looked up in PATH) with input on its stdin; collect its stdout
+ * into *out (malloc'd) when out is not NULL.  Returns the exit status, or
+ * -1 when it could not run. */
+int spawn_run(char *const argv[], const char *input, char **out);
 
 /* ---- firewall.c ------------------------------------------------------- */
 
@@ -289,6 +299,7 @@ struct divert_stats {
 	uint64_t evicted;		/* held on a closed or overfull client */
 	uint64_t bad_writes;		/* client messages refused */
 	uint64_t bad_cksum_in;		/* incoming writes with a bad header */
+	uint64_t no_iface;		/* incoming writes naming no interface */
 };
 /* Listen on cfg->socket_path (created atomically, mode 0600). */
 int divert_sock_open(const struct divert_config *cfg);

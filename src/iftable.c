@@ -24,8 +24,17 @@
 #define IFTABLE_MAX 4096
 
 static struct mnl_socket *nl_events;	/* notifications */
+#define ADDRS_MAX 8192
+
+struct v4addr {
+	struct in_addr addr;
+	int index;
+};
+
 static struct iface table[IFTABLE_MAX], scratch[IFTABLE_MAX];
 static size_t ntable, nscratch;
+static struct v4addr addrs[ADDRS_MAX], scratch_addrs[ADDRS_MAX];
+static size_t naddrs, nscratch_addrs;
 
 static struct iface *slot_for(int index)
 {
@@ -101,9 +110,16 @@ static int addr_cb(const struct nlmsghdr *nlh, void *data)
 	if (a == NULL || mnl_attr_get_payload_len(a) != 4)
 		return MNL_CB_OK;
 	ifc = scratch_slot((int)ifa->ifa_index, false);
-	if (ifc != NULL && !ifc->has_v4) {
+	if (ifc == NULL)
+		return MNL_CB_OK;
+	if (!ifc->has_v4) {
 		memcpy(&ifc->first_v4, mnl_attr_get_payload(a), 4);
 		ifc->has_v4 = true;
+	}
+	if (nscratch_addrs < ADDRS_MAX) {
+		memcpy(&scratch_addrs[nscratch_addrs].addr,
+		       mnl_attr_get_payload(a), 4);
+		scratch_addrs[nscratch_addrs++].index = ifc->index;
 	}
 	return MNL_CB_OK;
 }
@@ -150,13 +166,15 @@ out:
 
 static int refill(void)
 {
-	nscratch = 0;
+	nscratch = nscratch_addrs = 0;
 	if (dump(RTM_GETLINK, link_cb) < 0 || dump(RTM_GETADDR, addr_cb) < 0) {
 		log_err("cannot read the interface list: %s", strerror(errno));
 		return -1;
 	}
 	memcpy(table, scratch, nscratch * sizeof(table[0]));
 	ntable = nscratch;
+	memcpy(addrs, scratch_addrs, nscratch_addrs * sizeof(addrs[0]));
+	naddrs = nscratch_addrs;
 	return 0;
 }
 
@@ -212,11 +230,9 @@ const struct iface *iftable_by_name(const char *name)
 
 const struct iface *iftable_by_v4(struct in_addr addr)
 {
-	/* only the first address of each interface is kept; an incoming
-	 * write naming another address of it falls back on the name */
-	for (size_t i = 0; i < ntable; i++)
-		if (table[i].has_v4 && table[i].first_v4.s_addr == addr.s_addr)
-			return &table[i];
+	for (size_t i = 0; i < naddrs; i++)
+		if (addrs[i].addr.s_addr == addr.s_addr)
+			return slot_for(addrs[i].index);
 	return NULL;
 }
 

@@ -12,11 +12,18 @@
  *    our bits) makes the outgoing pass resume after the tag.
  *
  *  - incoming: a veth pair of our own.  We write an Ethernet frame on the
- *    peer (INJECT_PEER) with an AF_PACKET socket; INJECT_IFNAME receives it,
- *    so it runs PREROUTING, where the mark makes the incoming pass resume
- *    after the tag, and then local delivery or forwarding.  (A raw socket
- *    to a local address would also run the outgoing pass and arrive on lo.)
- *    The veth pair stays in this network namespace, so the mark survives.
+ *    peer (INJECT_PEER) with an AF_PACKET socket; INJECT_IFNAME receives it
+ *    and its tc ingress hook redirects it (mirred ingress redirect) to the
+ *    interface the program named, so the stack sees it arrive there:
+ *    PREROUTING with that interface (where the mark makes the incoming pass
+ *    resume after the tag), reverse-path checks, local delivery (IP_PKTINFO
+ *    names it) or forwarding.  Which interface: the first four bytes of
+ *    the frame's source MAC address carry its ifindex, and one u32 filter
+ *    per interface matches them; filters are added the first time an
+ *    interface is named (one `tc` run, not on the per-packet path after
+ *    that).  (A raw socket to a local address would also run the outgoing
+ *    pass and arrive on lo.)  Everything stays in this network namespace,
+ *    so the mark survives.
  *
  * Neither path allocates; each packet is one sendmsg().
  */
@@ -43,8 +50,12 @@
  * we write need no lookup. */
 static const uint8_t inject_mac[ETH_ALEN] = { 0x02, 0xd1, 0x5e, 0x27, 0x00, 0x01 };
 
+#define REDIRECTS_MAX 1024
+
 static int raw4 = -1, raw6 = -1, packet_fd = -1;
 static int peer_index;
+static int redirects[REDIRECTS_MAX];	/* ifindexes with a tc filter */
+static size_t nredirects;
 
 /* One rtnetlink request, waiting for its acknowledgement.  Returns 0 or
  * -errno. */
@@ -135,6 +146,45 @@ static int link_up(const char *name)
 	return rtnl_request(nlh);
 }
 
+/* One tc command, its words separated by blanks. */
+static int tc_run(const char *cmd)
+{
+	char buf[256], *argv[32], *save = NULL;
+	static char tc[] = "tc";
+	int argc = 0;
+
+	snprintf(buf, sizeof(buf), "%s", cmd);
+	argv[argc++] = tc;
+	for (char *w = strtok_r(buf, " ", &save); w && argc < 31;
+	     w = strtok_r(NULL, " ", &save))
+		argv[argc++] = w;
+	argv[argc] = NULL;
+	return spawn_run(argv, NULL, NULL);
+}
+
+/* Make sure frames marked for ifc are redirected to its ingress. */
+static int redirect_to(const struct iface *ifc)
+{
+	char cmd[256];
+
+	for (size_t i = 0; i < nredirects; i++)
+		if (redirects[i] == ifc->index)
+			return 0;
+	if (nredirects == REDIRECTS_MAX)
+		return -ENOSPC;
+	snprintf(cmd, sizeof(cmd),
+		 "filter add dev " INJECT_IFNAME " ingress protocol all pref 10 "
+		 "u32 match u32 0x%08x 0xffffffff at -8 "
+		 "action mirred ingress redirect dev %s",
+		 (unsigned)ifc->index, ifc->name);
+	if (tc_run(cmd) != 0) {
+		log_warn("cannot redirect injected packets to %s", ifc->name);
+		return -EADDRNOTAVAIL;
+	}
+	redirects[nredirects++] = ifc->index;
+	return 0;
+}
+
 /* Injected packets come from anywhere: the receiving side must not apply
  * reverse-path filtering, and may see our own source addresses. */
 static void set_sysctl(const char *path, const char *value)
@@ -177,7 +227,11 @@ int inject_open(void)
 		log_err("veth peer %s vanished: %s", INJECT_PEER, strerror(errno));
 		return -1;
 	}
-	packet_fd = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (tc_run("qdisc add dev " INJECT_IFNAME " ingress") != 0) {
+		log_err("cannot add an ingress qdisc to %s", INJECT_IFNAME);
+		return -1;
+	}
+	packet_fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
 	if (packet_fd < 0) {
 		log_err("cannot open a packet socket: %s", strerror(errno));
 		return -1;
@@ -203,22 +257,22 @@ void inject_close(void)
 		close(packet_fd);
 	raw4 = raw6 = packet_fd = -1;
 	if (peer_index)
-		link_delete(INJECT_IFNAME);
+		link_delete(INJECT_IFNAME);	/* takes qdisc and filters along */
 	peer_index = 0;
+	nredirects = 0;
 }
 
 /* sendmsg with the mark as an SO_MARK control message. */
-static int send_marked(int fd, const void *pkt, size_t len, void *name,
+static int send_marked(int fd, struct iovec *iov, size_t iovlen, void *name,
 		       socklen_t namelen, uint32_t mark)
 {
 	union {
 		char buf[CMSG_SPACE(sizeof(uint32_t))];
 		struct cmsghdr align;
 	} ctl;
-	struct iovec iov = { .iov_base = (void *)(uintptr_t)pkt, .iov_len = len };
 	struct msghdr msg = {
 		.msg_name = name, .msg_namelen = namelen,
-		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_iov = iov, .msg_iovlen = iovlen,
 		.msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf),
 	};
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
@@ -234,28 +288,42 @@ static int send_marked(int fd, const void *pkt, size_t len, void *name,
 
 int inject_out(const uint8_t *pkt, size_t len, uint32_t mark)
 {
+	struct iovec iov = { .iov_base = (void *)(uintptr_t)pkt, .iov_len = len };
+
 	if ((pkt[0] >> 4) == 4) {
 		struct sockaddr_in sin = { .sin_family = AF_INET };
 		memcpy(&sin.sin_addr, pkt + 16, 4);
-		return send_marked(raw4, pkt, len, &sin, sizeof(sin), mark);
+		return send_marked(raw4, &iov, 1, &sin, sizeof(sin), mark);
 	} else {
 		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
 		if (len < sizeof(struct ip6_hdr))
 			return -EINVAL;
 		memcpy(&sin6.sin6_addr, pkt + 24, 16);
-		return send_marked(raw6, pkt, len, &sin6, sizeof(sin6), mark);
+		return send_marked(raw6, &iov, 1, &sin6, sizeof(sin6), mark);
 	}
 }
 
-int inject_in(const uint8_t *pkt, size_t len, uint32_t mark)
+int inject_in(const uint8_t *pkt, size_t len, uint32_t mark,
+	      const struct iface *ifc)
 {
 	struct sockaddr_ll sll = {
 		.sll_family = AF_PACKET,
 		.sll_ifindex = peer_index,
-		.sll_halen = ETH_ALEN,
 	};
+	struct ether_header eh;
+	struct iovec iov[2] = {
+		{ .iov_base = &eh, .iov_len = sizeof(eh) },
+		{ .iov_base = (void *)(uintptr_t)pkt, .iov_len = len },
+	};
+	uint32_t index_be = htonl((uint32_t)ifc->index);
+	int r = redirect_to(ifc);
 
+	if (r < 0)
+		return r;
 	sll.sll_protocol = htons((pkt[0] >> 4) == 4 ? ETH_P_IP : ETH_P_IPV6);
-	memcpy(sll.sll_addr, inject_mac, ETH_ALEN);
-	return send_marked(packet_fd, pkt, len, &sll, sizeof(sll), mark);
+	memcpy(eh.ether_dhost, inject_mac, ETH_ALEN);
+	memset(eh.ether_shost, 0, ETH_ALEN);
+	memcpy(eh.ether_shost, &index_be, sizeof(index_be));
+	eh.ether_type = sll.sll_protocol;
+	return send_marked(packet_fd, iov, 2, &sll, sizeof(sll), mark);
 }

@@ -91,6 +91,21 @@ else
 	bad "s5: divertd started"
 fi
 
+# --- 7 on the router: an echo request written as incoming on eth0 (named
+# in sin_zero, tag 0, no divert rule left to catch it) is forwarded to b
+printf '%s\n' "100 count ip from any to any" >"$TMP/s7r.conf"
+if start_divertd "$R" "$TMP/s7r.conf" "$RSOCK"; then
+	before=$(icmp_in_echos "$B")
+	divert_prog "$R" "$RSOCK" div_inject in 192.0.2.2 198.51.100.2 2 eth0 >"$TMP/s7r.out" 2>&1
+	for _ in $(seq 40); do [ "$(icmp_in_echos "$B")" -ge $((before + 2)) ] && break; sleep 0.05; done
+	after=$(icmp_in_echos "$B")
+	check "s7: echo requests written as incoming on a named interface are forwarded (b's InEchos +$((after - before)))" \
+		test $((after - before)) -eq 2
+	stop_divertd
+else
+	bad "s7 router: divertd started"
+fi
+
 # --- 6 and 7 share one daemon --------------------------------------------
 printf '%s\n' "100 count ip from any to any" >"$TMP/s6.conf"
 if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
@@ -118,11 +133,15 @@ if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
 		test $((after - before)) -eq 3
 
 	before=$(icmp_in_echos "$H")
+	ip netns exec "$H" iptables -A INPUT -i eth0 -p icmp --icmp-type 8 -m comment --comment s7-eth0
 	divert_prog "$H" "$SOCK" div_inject in 192.0.2.2 192.0.2.1 3 >"$TMP/s7in.out" 2>&1
 	for _ in $(seq 40); do [ "$(icmp_in_echos "$H")" -ge $((before + 3)) ] && break; sleep 0.05; done
 	after=$(icmp_in_echos "$H")
 	check "s7: 3 echo requests written as incoming reach the local stack (InEchos +$((after - before)))" \
 		test $((after - before)) -eq 3
+	n=$(ip netns exec "$H" iptables -L INPUT -v -x -n | awk '/s7-eth0/ { print $1 }')
+	check "s7: ... received on eth0, the interface owning 192.0.2.1 ($n seen there)" test "$n" = 3
+	ip netns exec "$H" iptables -F INPUT
 
 	# a second daemon on the same socket refuses, with a message
 	ip netns exec "$H" "$DIVERTD" -d -f "$TMP/s6.conf" -s "$SOCK" >"$TMP/second.log" 2>&1

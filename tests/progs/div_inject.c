@@ -1,13 +1,15 @@
 /*
  * div_inject: write fabricated ICMP echo requests into a divert socket.
  *
- *	div_inject out|in SRC DST [COUNT]
+ *	div_inject out|in SRC DST [COUNT [IFADDR|IFNAME]]
  *
  * A divert socket need not be bound to write.  "out" writes each packet as
  * outgoing (sin_addr INADDR_ANY: the stack routes it to DST; the IP header
  * checksum is left 0, the kernel fills it in); "in" writes it as incoming,
  * as if received on the interface that owns DST (a local address), with a
- * correct checksum.  The tag is 0: the whole rule list applies.
+ * correct checksum; with IFADDR or IFNAME, as received on the interface
+ * owning that address or named so (sin_zero), DST may then be anywhere and
+ * the packet is forwarded.  The tag is 0: the whole rule list applies.
  * Prints "sent N".
  */
 #include <sys/types.h>
@@ -56,9 +58,9 @@ main(int argc, char *argv[])
 	char *end;
 	int s, incoming;
 
-	if (argc < 4 || argc > 5 ||
+	if (argc < 4 || argc > 6 ||
 	    (strcmp(argv[1], "out") != 0 && strcmp(argv[1], "in") != 0)) {
-		fprintf(stderr, "usage: div_inject out|in SRC DST [COUNT]\n");
+		fprintf(stderr, "usage: div_inject out|in SRC DST [COUNT [IFADDR|IFNAME]]\n");
 		return (2);
 	}
 	incoming = strcmp(argv[1], "in") == 0;
@@ -66,7 +68,7 @@ main(int argc, char *argv[])
 		errx(2, "bad source address: %s", argv[2]);
 	if (inet_pton(AF_INET, argv[3], &dst) != 1)
 		errx(2, "bad destination address: %s", argv[3]);
-	if (argc == 5) {
+	if (argc >= 5) {
 		count = strtol(argv[4], &end, 10);
 		if (*end != '\0' || count < 1 || count > 100000)
 			errx(2, "bad count: %s", argv[4]);
@@ -81,6 +83,12 @@ main(int argc, char *argv[])
 	sin.sin_family = AF_INET;
 	sin.sin_port = 0;			/* tag 0: from the first rule */
 	sin.sin_addr.s_addr = incoming ? dst.s_addr : INADDR_ANY;
+	if (incoming && argc == 6 &&
+	    inet_pton(AF_INET, argv[5], &sin.sin_addr) != 1) {
+		/* an interface name: the address only has to be non-zero */
+		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		strncpy((char *)sin.sin_zero, argv[5], sizeof(sin.sin_zero) - 1);
+	}
 
 	for (i = 0; i < count; i++) {
 		memset(pkt, 0, sizeof(pkt));
