@@ -374,9 +374,12 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 	h = held_find(c, out ? DIR_OUT : DIR_IN, packet_key(pkt, len), hash,
 		      (uint32_t)len);
 	if (h != NULL && !(h->len == len && h->hash == hash) &&
-	    len > NFQB_MAX_VERDICT_PAYLOAD) {
-		/* a verdict cannot carry this much: the program's bytes go
-		 * out as a new packet, the kernel's copy is consumed */
+	    (len > NFQB_MAX_VERDICT_PAYLOAD ||
+	     (out && v4 && memcmp(pkt + 12, "\0\0\0\0", 4) == 0))) {
+		/* a verdict cannot carry this much, or the program left the
+		 * source address for the stack to fill in (FreeBSD does, for
+		 * outgoing writes; a verdict would not): the program's bytes
+		 * go out as a new packet, the kernel's copy is consumed */
 		held_drop(h);
 		h = NULL;
 	}

@@ -52,6 +52,38 @@ if start_divertd "$H" "$TMP/reentry.conf" "$SOCK" && run_progs reentry "div_echo
 	stop_divertd
 else bad "re-entry: setup"; fi
 
+# --- tags the program chooses: a tag naming no rule resumes at the next
+# higher rule; tag 0 restarts the list (and reaches rule 100 again)
+cat >"$TMP/retag.conf" <<'CONF'
+100 divert 1000 icmp from any to any in icmptypes 8
+200 divert 2000 icmp from any to any in icmptypes 8
+300 divert 3000 icmp from any to any in icmptypes 8
+CONF
+if start_divertd "$H" "$TMP/retag.conf" "$SOCK"; then
+	divert_prog "$H" "$SOCK" div_retag 1000 250 10 2 "$TMP/retag.1000.ready" >"$TMP/retag.1000.out" 2>&1 &
+	PIDS+=($!); r1=$!
+	run_progs retag "div_echo 2000" "div_echo 3000" && wait_for "$TMP/retag.1000.ready" 5
+	ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
+	check "retag: ping succeeds" test $? -eq 0
+	wait "$r1"; wait_progs
+	check "retag: tag 250 skips rule 200" test "$(seen retag 2000)" -eq 0
+	check "retag: ... and resumes at rule 300" test "$(seen retag 3000)" -eq 1
+	stop_divertd
+else bad "retag: setup"; fi
+if start_divertd "$H" "$TMP/retag.conf" "$SOCK"; then
+	divert_prog "$H" "$SOCK" div_retag 1000 0 10 2 "$TMP/retag0.1000.ready" >"$TMP/retag0.1000.out" 2>&1 &
+	PIDS+=($!); r1=$!
+	run_progs retag0 "div_echo 2000" "div_echo 3000" && wait_for "$TMP/retag0.1000.ready" 5
+	ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
+	check "tag 0: ping succeeds" test $? -eq 0
+	wait "$r1"; wait_progs
+	check "tag 0: restarts the list: rule 100 reads the packet twice" \
+		test "$(grep -c '^pkt ' "$TMP/retag0.1000.out")" -eq 2
+	check "tag 0: ... then it goes on through 200 and 300" \
+		test "$(seen retag0 2000)$(seen retag0 3000)" = 11
+	stop_divertd
+else bad "tag 0: setup"; fi
+
 # --- skipto, allow and deny
 cat >"$TMP/skipto.conf" <<'CONF'
 100 skipto 300 icmp from any to any in icmptypes 8

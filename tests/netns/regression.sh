@@ -143,6 +143,17 @@ if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
 	check "s7: ... received on eth0, the interface owning 192.0.2.1 ($n seen there)" test "$n" = 3
 	ip netns exec "$H" iptables -F INPUT
 
+	# an incoming write with a bad IPv4 header checksum is silently dropped
+	before=$(icmp_in_echos "$H")
+	divert_prog "$H" "$SOCK" div_inject inbad 192.0.2.2 192.0.2.1 2 >"$TMP/s7bad.out" 2>&1
+	check "s7: writing a bad-checksum packet as incoming succeeds ($(cat "$TMP/s7bad.out"))" \
+		grep -q '^sent 2$' "$TMP/s7bad.out"
+	divert_prog "$H" "$SOCK" div_inject in 192.0.2.2 192.0.2.1 1 >/dev/null 2>&1
+	for _ in $(seq 40); do [ "$(icmp_in_echos "$H")" -ge $((before + 1)) ] && break; sleep 0.05; done
+	after=$(icmp_in_echos "$H")
+	check "s7: ... but only the good one that followed arrives (InEchos +$((after - before)))" \
+		test $((after - before)) -eq 1
+
 	# a second daemon on the same socket refuses, with a message
 	ip netns exec "$H" "$DIVERTD" -d -f "$TMP/s6.conf" -s "$SOCK" >"$TMP/second.log" 2>&1
 	rc=$?
@@ -151,6 +162,7 @@ if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
 
 	stop_divertd
 	check "divertd exits 0 on SIGTERM" test $? -eq 0
+	check "s7: the bad checksums were counted" grep -q ' 2 bad checksums' "$TMP/divertd-$H.log"
 	check "the socket file is removed" test ! -e "$SOCK"
 	check "no divertd chain is left (iptables)" \
 		bash -c "! ip netns exec '$H' iptables-save -t mangle | grep -q divertd"

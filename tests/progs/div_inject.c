@@ -1,7 +1,7 @@
 /*
  * div_inject: write fabricated ICMP echo requests into a divert socket.
  *
- *	div_inject out|in SRC DST [COUNT [IFADDR|IFNAME]]
+ *	div_inject out|in|inbad SRC DST [COUNT [IFADDR|IFNAME]]
  *
  * A divert socket need not be bound to write.  "out" writes each packet as
  * outgoing (sin_addr INADDR_ANY: the stack routes it to DST; the IP header
@@ -9,7 +9,9 @@
  * as if received on the interface that owns DST (a local address), with a
  * correct checksum; with IFADDR or IFNAME, as received on the interface
  * owning that address or named so (sin_zero), DST may then be anywhere and
- * the packet is forwarded.  The tag is 0: the whole rule list applies.
+ * the packet is forwarded.  "inbad" is "in" with a wrong IP header
+ * checksum (such a packet must be dropped).  The tag is 0: the whole rule
+ * list applies.
  * Prints "sent N".
  */
 #include <sys/types.h>
@@ -59,11 +61,12 @@ main(int argc, char *argv[])
 	int s, incoming;
 
 	if (argc < 4 || argc > 6 ||
-	    (strcmp(argv[1], "out") != 0 && strcmp(argv[1], "in") != 0)) {
-		fprintf(stderr, "usage: div_inject out|in SRC DST [COUNT [IFADDR|IFNAME]]\n");
+	    (strcmp(argv[1], "out") != 0 && strcmp(argv[1], "in") != 0 &&
+	     strcmp(argv[1], "inbad") != 0)) {
+		fprintf(stderr, "usage: div_inject out|in|inbad SRC DST [COUNT [IFADDR|IFNAME]]\n");
 		return (2);
 	}
-	incoming = strcmp(argv[1], "in") == 0;
+	incoming = strcmp(argv[1], "out") != 0;
 	if (inet_pton(AF_INET, argv[2], &src) != 1)
 		errx(2, "bad source address: %s", argv[2]);
 	if (inet_pton(AF_INET, argv[3], &dst) != 1)
@@ -102,6 +105,8 @@ main(int argc, char *argv[])
 		ip->ip_dst = dst;
 		if (incoming)
 			ip->ip_sum = in_cksum(ip, sizeof(struct ip));
+		if (strcmp(argv[1], "inbad") == 0)
+			ip->ip_sum ^= 0x5555;
 
 		icp->icmp_type = ICMP_ECHO;
 		icp->icmp_code = 0;
