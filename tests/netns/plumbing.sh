@@ -254,6 +254,25 @@ if wait_for "$SOCK" 10; then
 	check "hold time: counted as expired" grep -q ' 1 expired' "$TMP/hold2.log"
 else bad "hold time: setup"; fi
 
+# --- a program that falls behind: what does not fit in its SO_RCVBUF is
+# dropped and counted; nothing is held for it beyond that
+printf '100 divert 8668 icmp from any to any in icmptypes 8\n' >"$TMP/full.conf"
+if start_divertd "$H" "$TMP/full.conf" "$SOCK"; then
+	divert_prog "$H" "$SOCK" div_lazy 8668 4096 3 "$TMP/full.ready" >"$TMP/full.out" 2>&1 &
+	PIDS+=($!); lp=$!
+	if wait_for "$TMP/full.ready" 5; then
+		ip netns exec "$P" ping -n -q -c 60 -i 0.01 -W 1 192.0.2.1 >/dev/null
+		wait "$lp"
+		read_n=$(awk '{ print $4 }' "$TMP/full.out")
+		stop_divertd
+		full=$(grep -o '[0-9]* full' "$TMP/divertd-$H.log" | tail -1 | cut -d' ' -f1)
+		check "full buffer: the lazy program read only part of 60 ($(cat "$TMP/full.out"))" \
+			test "${read_n:-0}" -gt 0 -a "${read_n:-60}" -lt 60
+		check "full buffer: the rest was dropped and counted ($read_n read + ${full:-?} full = 60)" \
+			test $((read_n + ${full:-0})) -eq 60
+	else bad "full buffer: program bound"; stop_divertd; fi
+else bad "full buffer: setup"; fi
+
 # --- the command line
 printf '100 divert 8668 ip from any to any\n' >"$TMP/cl.conf"
 out=$("$DIVERTD" -n -f "$TMP/cl.conf"); rc=$?
