@@ -331,9 +331,11 @@ static void client_setopt(struct client *c, const struct divert_wire_hdr *m)
 
 	if (m->arg != SO_RCVBUF || v <= 0)
 		return;
-	/* what the client has not read yet waits in our end's send buffer */
+	/* what the client has not read yet waits in our end's send buffer
+	 * (FORCE: not capped at net.core.wmem_max, as SO_RCVBUF is not on
+	 * FreeBSD below its own limit) */
 	c->rcvbuf = m->val;
-	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v));
 }
 
 /* The interface an incoming write arrives on (FreeBSD div_output_inbound):
@@ -408,7 +410,8 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 	mark = mark_with_tag(cfg->ml, 0, resume);
 	if (out) {
 		err = inject_out(pkt, len, mark);
-		stats.injected_out++;
+		if (err == 0)
+			stats.injected_out++;
 	} else {
 		const struct iface *ifc = incoming_iface(sin);
 
@@ -421,7 +424,8 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 			return;
 		}
 		err = inject_in(pkt, len, mark, ifc);
-		stats.injected_in++;
+		if (err == 0)
+			stats.injected_in++;
 	}
 	if (err < 0) {
 		stats.inject_errors++;
@@ -540,7 +544,7 @@ static void listener_event(struct pollable *p, uint32_t events)
 		c->pid = cred.pid;
 		c->rcvbuf = 65636;
 		v = (int)c->rcvbuf;
-		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof(v));
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v));
 		hello.conn = c->id;
 		if (send(fd, &hello, sizeof(hello), MSG_NOSIGNAL) < 0 ||
 		    loop_add(&c->p, EPOLLIN) < 0) {

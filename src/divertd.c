@@ -33,7 +33,10 @@
 #define DEFAULT_CONFIG "/etc/divertd.conf"
 #define DEFAULT_MASK 0xffff0000u
 #define DEFAULT_HOLD_MS 5000
-#define QUEUE_MAXLEN 4096
+/* Longer than one client may hold (CLIENT_HELD_MAX in divert_sock.c), so a
+ * program that drops by never writing back evicts its oldest packets
+ * rather than filling the kernel's queue. */
+#define QUEUE_MAXLEN 16384
 #define MAX_PORTS 1024
 
 static volatile sig_atomic_t stop_signal, dump_stats;

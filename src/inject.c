@@ -51,6 +51,7 @@
 static const uint8_t inject_mac[ETH_ALEN] = { 0x02, 0xd1, 0x5e, 0x27, 0x00, 0x01 };
 
 #define REDIRECTS_MAX 1024
+#define INJECT_MTU 65535
 
 static int raw4 = -1, raw6 = -1, packet_fd = -1;
 static int peer_index;
@@ -118,6 +119,8 @@ static int link_create_veth(void)
 	ifm->ifi_family = AF_UNSPEC;
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, INJECT_IFNAME);
 	mnl_attr_put(nlh, IFLA_ADDRESS, sizeof(inject_mac), inject_mac);
+	/* a written packet may be as large as an IP packet can be */
+	mnl_attr_put_u32(nlh, IFLA_MTU, INJECT_MTU);
 	linkinfo = mnl_attr_nest_start(nlh, IFLA_LINKINFO);
 	mnl_attr_put_strz(nlh, IFLA_INFO_KIND, "veth");
 	data = mnl_attr_nest_start(nlh, IFLA_INFO_DATA);
@@ -125,6 +128,7 @@ static int link_create_veth(void)
 	pifm = mnl_nlmsg_put_extra_header(nlh, sizeof(*pifm));
 	pifm->ifi_family = AF_UNSPEC;
 	mnl_attr_put_strz(nlh, IFLA_IFNAME, INJECT_PEER);
+	mnl_attr_put_u32(nlh, IFLA_MTU, INJECT_MTU);
 	mnl_attr_nest_end(nlh, peer);
 	mnl_attr_nest_end(nlh, data);
 	mnl_attr_nest_end(nlh, linkinfo);
