@@ -120,19 +120,6 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* What stays the same when a program rewrites addresses, ports, TTL or
- * DSCP: enough to tell which held packet a write answers. */
-static uint32_t packet_key(const uint8_t *pkt, size_t len)
-{
-	if (len >= 20 && (pkt[0] >> 4) == 4)
-		return 0x40000000u | ((uint32_t)pkt[4] << 16) |
-		       ((uint32_t)pkt[5] << 8) | pkt[9];
-	if (len >= 40 && (pkt[0] >> 4) == 6)
-		return 0x60000000u | ((uint32_t)pkt[6] << 16) |
-		       ((uint32_t)pkt[4] << 8) | pkt[5];
-	return 0;
-}
-
 /* ---- held packets ---------------------------------------------------- */
 
 static void held_release(struct held *h)
@@ -291,16 +278,21 @@ static struct client *client_by_id(uint64_t id)
 	return NULL;
 }
 
-static void client_reply(struct client *c, int err)
+static void client_reply_seq(struct client *c, int err, uint32_t seq)
 {
 	struct divert_wire_hdr hdr = {
 		.type = DW_REPLY, .version = DIVERT_WIRE_VERSION,
-		.arg = (uint32_t)err,
+		.arg = (uint32_t)err, .val = seq,
 	};
 
 	if (send(c->p.fd, &hdr, sizeof(hdr), MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
 		log_limited(&rl_client, 4, "cannot answer client %d: %s",
 			    (int)c->pid, strerror(errno));
+}
+
+static void client_reply(struct client *c, int err)
+{
+	client_reply_seq(c, err, 0);
 }
 
 static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
@@ -353,8 +345,10 @@ static const struct iface *incoming_iface(const struct sockaddr_in *sin)
 	return ifc;
 }
 
-/* A written packet: the verdict of the held packet it answers, or new. */
-static void client_write(struct client *c, const struct divert_wire_hdr *m,
+/* A written packet: the verdict of the held packet it answers, or new.
+ * Returns 0 or the errno FreeBSD's sendto() would give (the address names
+ * no interface, the route fails, ...). */
+static int client_write(struct client *c, const struct divert_wire_hdr *m,
 			 uint8_t *pkt, size_t len)
 {
 	const struct sockaddr_in *sin = m->arg ? &m->addr : NULL;
@@ -367,13 +361,14 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 	uint32_t mark;
 	int err;
 
-	if (divert_wire_check_write(pkt, len, (const struct sockaddr *)sin,
-				    sizeof(*sin), DIVERT_WIRE_MAXPKT) != 0) {
+	err = divert_wire_check_write(pkt, len, (const struct sockaddr *)sin,
+				      sizeof(*sin), DIVERT_WIRE_MAXPKT);
+	if (err != 0) {
 		stats.bad_writes++;
-		return;
+		return err;
 	}
 	hash = XXH3_64bits(pkt, len);
-	h = held_find(c, out ? DIR_OUT : DIR_IN, packet_key(pkt, len), hash,
+	h = held_find(c, out ? DIR_OUT : DIR_IN, divert_wire_packet_key(pkt, len), hash,
 		      (uint32_t)len);
 	if (h != NULL && !(h->len == len && h->hash == hash) &&
 	    (len > NFQB_MAX_VERDICT_PAYLOAD ||
@@ -392,9 +387,9 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 			if (out) {
 				cksum_set_ipv4_header(pkt);
 			} else if (!cksum_ipv4_header_ok(pkt, len)) {
-				stats.bad_cksum_in++;
+				stats.bad_cksum_in++;	/* silently, as FreeBSD */
 				held_drop(h);
-				return;
+				return 0;
 			}
 		}
 		mark = mark_with_tag(cfg->ml, h->mark, resume);
@@ -405,7 +400,7 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 		else
 			stats.reinjected_in++;
 		held_release(h);
-		return;
+		return 0;
 	}
 	mark = mark_with_tag(cfg->ml, 0, resume);
 	if (out) {
@@ -417,11 +412,11 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 
 		if (ifc == NULL) {
 			stats.no_iface++;
-			return;
+			return EADDRNOTAVAIL;
 		}
 		if (v4 && !cksum_ipv4_header_ok(pkt, len)) {
 			stats.bad_cksum_in++;
-			return;
+			return 0;
 		}
 		err = inject_in(pkt, len, mark, ifc);
 		if (err == 0)
@@ -429,9 +424,11 @@ static void client_write(struct client *c, const struct divert_wire_hdr *m,
 	}
 	if (err < 0) {
 		stats.inject_errors++;
-		log_limited(&rl_inject, 4, "cannot inject a packet %s: %s",
+		log_limited(&rl_inject, 7, "cannot inject a packet %s: %s",
 			    out ? "outgoing" : "incoming", strerror(-err));
+		return -err;
 	}
+	return 0;
 }
 
 static void client_message(struct client *c, uint8_t *buf, size_t n)
@@ -451,6 +448,14 @@ static void client_message(struct client *c, uint8_t *buf, size_t n)
 	case DW_PACKET:
 		client_write(c, &m, buf + sizeof(m), n - sizeof(m));
 		break;
+	case DW_WRITE: {
+		/* on a process's write channel, for the socket m.conn */
+		struct client *owner = client_by_id(m.conn);
+		int err = owner == NULL ? EBADF
+			: client_write(owner, &m, buf + sizeof(m), n - sizeof(m));
+		client_reply_seq(c, err, m.val);
+		break;
+	}
 	case DW_BIND:
 		client_bind(c, &m);
 		break;
@@ -588,7 +593,7 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 		h->id = pkt->id;
 		h->mark = pkt->mark;
 		h->dir = pkt->hook == NF_INET_PRE_ROUTING ? DIR_IN : DIR_OUT;
-		h->key = packet_key(pkt->data, pkt->len);
+		h->key = divert_wire_packet_key(pkt->data, pkt->len);
 		h->len = pkt->len;
 		h->hash = XXH3_64bits(pkt->data, pkt->len);
 	}

@@ -22,6 +22,15 @@
  * a DW_WELCOME that may come first on it too):
  *   client -> daemon  DW_BIND      conn = connection id, val = port (host
  *                                  order); reply DW_REPLY, arg = 0 or errno.
+ * Write channel (one per process, kept open; the shim skips its welcome):
+ *   client -> daemon  DW_WRITE     a written packet that answers no packet
+ *                                  the socket read (so the daemon injects a
+ *                                  new one, and its errors must reach
+ *                                  sendto()): conn = the divert socket's
+ *                                  connection id, val = a sequence number,
+ *                                  arg and addr as for DW_PACKET; reply
+ *                                  DW_REPLY, arg = 0 or errno, val = the
+ *                                  same sequence number.
  */
 #ifndef DIVERT_WIRE_H
 #define DIVERT_WIRE_H
@@ -41,6 +50,7 @@ enum divert_wire_type {
 	DW_SETOPT  = 3,
 	DW_BIND    = 4,
 	DW_REPLY   = 5,
+	DW_WRITE   = 6,
 };
 
 struct divert_wire_hdr {
@@ -106,6 +116,26 @@ static inline int divert_wire_check_write(const void *pkt, size_t len,
 		if (version == 4 && (size_t)(p[0] & 0x0f) * 4 < 20)
 			return EINVAL;
 	}
+	return 0;
+}
+
+/*
+ * What stays the same when a program rewrites addresses, ports, TTL or
+ * DSCP (natd, rewriters): IPv4 identification and protocol, or IPv6 next
+ * header and payload length.  The daemon matches a write to the packet it
+ * answers by this key; the shim uses it to tell a write-back (answered at
+ * once) from a new packet (whose errors sendto() must return).
+ */
+static inline uint32_t divert_wire_packet_key(const void *pkt, size_t len)
+{
+	const uint8_t *p = (const uint8_t *)pkt;
+
+	if (len >= 20 && (p[0] >> 4) == 4)
+		return 0x40000000u | ((uint32_t)p[4] << 16) |
+		       ((uint32_t)p[5] << 8) | p[9];
+	if (len >= 40 && (p[0] >> 4) == 6)
+		return 0x60000000u | ((uint32_t)p[6] << 16) |
+		       ((uint32_t)p[4] << 8) | p[5];
 	return 0;
 }
 
