@@ -13,13 +13,17 @@
  *
  *   bind        a short-lived control connection carries DW_BIND {conn,
  *               port}; the daemon's DW_REPLY holds 0 or the errno.
- *   recv*, read, readv
+ *   recv, recvfrom, recvmsg, read, readv (and the fortified __recv_chk,
+ *   __recvfrom_chk, __read_chk)
  *               one recvmsg whose first iovec is the wire header: the
  *               packet lands in the caller's buffer, hdr.addr becomes the
- *               source address.
- *   send*, write, writev
+ *               source address.  recvmmsg: one such read per message, as
+ *               FreeBSD's libc does it.
+ *   sendto, sendmsg, sendmmsg
  *               FreeBSD's checks (divert_wire_check_write), then one
- *               sendmsg of the header and the caller's iovecs.
+ *               sendmsg of the header and the caller's iovecs per packet.
+ *   send, write, writev
+ *               EDESTADDRREQ: a divert socket is never connected.
  *   get/setsockopt, getsockname, getpeername, connect, ioctl(FIONREAD)
  *               answered here as FreeBSD 14 answers them.
  *   close, close_range, closefrom, dup, dup2, dup3, fcntl(F_DUPFD*)
@@ -89,8 +93,22 @@
 	X(socket) X(bind) X(connect) X(getsockname) X(getpeername) \
 	X(close) X(close_range) X(closefrom) X(dup) X(dup2) X(dup3) \
 	X(fcntl) X(fcntl64) X(ioctl) X(getsockopt) X(setsockopt) \
-	X(read) X(readv) X(recv) X(recvfrom) X(recvmsg) \
-	X(write) X(writev) X(send) X(sendto) X(sendmsg)
+	X(read) X(readv) X(recv) X(recvfrom) X(recvmsg) X(recvmmsg) \
+	X(__read_chk) X(__recv_chk) X(__recvfrom_chk) \
+	X(write) X(writev) X(send) X(sendto) X(sendmsg) X(sendmmsg)
+
+/*
+ * The fortified entry points a program built with _FORTIFY_SOURCE calls
+ * instead of read, recv and recvfrom when the buffer's size is known at
+ * compile time but the length is not provably within it.  glibc declares
+ * them only for fortified builds; these are its prototypes (2.36), which
+ * readv, recvmsg and the rest do not have.
+ */
+ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen);
+ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags);
+ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen,
+		       int flags, struct sockaddr *from, socklen_t *fromlen);
+void __chk_fail(void) __attribute__((noreturn));
 
 enum real_id {
 #define X(fn) R_##fn,
@@ -681,16 +699,20 @@ static int div_bind(int fd, const struct sockaddr *addr, socklen_t len)
  * One packet into msg's iovecs, its divert address into msg_name.  Messages
  * other than DW_PACKET (the daemon sends none after the welcome) are
  * skipped.  Returns the packet length (the full one with MSG_TRUNC), 0 when
- * the daemon has gone (a peer closing, as a datagram socket sees it), or -1
- * with errno as the kernel gave it.
+ * the daemon has gone (a peer closing, as a datagram socket sees it; *eof
+ * then says so, as a packet read into no buffer returns 0 too), or -1 with
+ * errno as the kernel gave it.
  */
-static ssize_t div_recvmsg(int fd, struct msghdr *msg, int flags)
+static ssize_t div_recv_packet(int fd, struct msghdr *msg, int flags,
+			       bool *eof)
 {
 	struct iovec iov[1 + SHIM_IOV_MAX];
 	struct divert_wire_hdr hdr;
 	struct msghdr m;
 	size_t c;
 	ssize_t n;
+
+	*eof = false;
 
 	if (msg->msg_iovlen > SHIM_IOV_MAX)
 		return set_errno(EMSGSIZE);
@@ -707,6 +729,8 @@ static ssize_t div_recvmsg(int fd, struct msghdr *msg, int flags)
 	for (;;) {
 		m.msg_flags = 0;
 		n = REAL(recvmsg)(fd, &m, flags);
+		if (n == 0)
+			*eof = true;
 		if (n <= 0)
 			return n;
 		if ((size_t)n >= sizeof(hdr) && hdr.type == DW_PACKET)
@@ -728,6 +752,13 @@ static ssize_t div_recvmsg(int fd, struct msghdr *msg, int flags)
 	msg->msg_controllen = 0;
 	msg->msg_flags = m.msg_flags;
 	return n - (ssize_t)sizeof(hdr);
+}
+
+static ssize_t div_recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	bool eof;
+
+	return div_recv_packet(fd, msg, flags, &eof);
 }
 
 static ssize_t div_recvfrom(int fd, void *buf, size_t len, int flags,
@@ -760,6 +791,61 @@ static ssize_t div_readv(int fd, const struct iovec *iov, int iovcnt)
 	msg.msg_iov = (struct iovec *)(uintptr_t)iov;
 	msg.msg_iovlen = (size_t)iovcnt;
 	return div_recvmsg(fd, &msg, 0);
+}
+
+/*
+ * recvmmsg as FreeBSD's libc builds it from recvmsg (lib/libc/gen/
+ * recvmmsg.c), one packet per message: with a timeout, the first packet is
+ * waited for at most that long (none: 0 messages); after the first packet
+ * MSG_WAITFORONE stops waiting; an error after the first packet ends the
+ * batch unreported.  The timeout is read, never written.  Linux's own
+ * recvmmsg differs in ways a FreeBSD program would trip over: it blocks
+ * for the first packet whatever the timeout and checks the timeout only
+ * between packets (recvmmsg(2), BUGS), and it writes the time left back,
+ * so a program reusing its timespec would soon poll with zero.
+ */
+static int div_recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
+			int flags, const struct timespec *timeout)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN | POLLRDNORM |
+						  POLLRDBAND | POLLPRI };
+	bool waitforone = flags & MSG_WAITFORONE, eof;
+	int saved = errno, r;
+	unsigned int i;
+	ssize_t n;
+
+	if (vlen == 0)
+		return 0;
+	if (vec == NULL)
+		return set_errno(EFAULT);
+	if (vlen > INT_MAX)
+		vlen = INT_MAX;		/* the count must fit the return */
+	if (timeout != NULL) {
+		r = ppoll(&pfd, 1, timeout, NULL);
+		if (r <= 0)
+			return r;	/* 0: timed out; -1: EINVAL, EINTR */
+		if (pfd.revents & POLLNVAL)
+			return set_errno(EBADF);
+		if (!(pfd.revents & pfd.events))
+			return set_errno(ETIMEDOUT);
+	}
+	flags &= ~MSG_WAITFORONE;
+	for (i = 0; i < vlen; i++) {
+		n = div_recv_packet(fd, &vec[i].msg_hdr, flags, &eof);
+		if (n < 0 && i == 0)
+			return -1;
+		if (n < 0 || (eof && i > 0))
+			break;
+		vec[i].msg_len = (unsigned int)n;
+		if (eof) {		/* the daemon has gone: one empty read */
+			i++;
+			break;
+		}
+		if (waitforone)
+			flags |= MSG_DONTWAIT;
+	}
+	errno = saved;
+	return (int)i;
 }
 
 /*
@@ -806,6 +892,10 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 	ssize_t n;
 	int err;
 
+	/* FreeBSD 14's sosend refuses a write without an address on a
+	 * socket that is never connected, before it looks at anything else */
+	if (msg->msg_name == NULL)
+		return set_errno(EDESTADDRREQ);
 	if (msg->msg_iovlen > SHIM_IOV_MAX)
 		return set_errno(EMSGSIZE);
 	if (msg->msg_iovlen > 0 && msg->msg_iov == NULL)
@@ -860,14 +950,40 @@ static ssize_t div_sendto(int fd, const struct divsock_opts *o,
 			     .iov_len = len };
 	struct msghdr msg;
 
-	if (to == NULL)
-		return set_errno(EDESTADDRREQ);
 	memset(&msg, 0, sizeof(msg));
 	msg.msg_name = (void *)(uintptr_t)to;
 	msg.msg_namelen = tolen;
 	msg.msg_iov = &iov;
 	msg.msg_iovlen = 1;
 	return div_sendmsg(fd, o, &msg, flags);
+}
+
+/*
+ * sendmmsg as FreeBSD's libc builds it from sendmsg: one packet per
+ * message, each checked and sent as sendmsg does; an error after the first
+ * ends the batch and the count so far is returned.
+ */
+static int div_sendmmsg(int fd, const struct divsock_opts *o,
+			struct mmsghdr *vec, unsigned int vlen, int flags)
+{
+	int saved = errno;
+	unsigned int i;
+	ssize_t n;
+
+	if (vlen > 0 && vec == NULL)
+		return set_errno(EFAULT);
+	if (vlen > INT_MAX)
+		vlen = INT_MAX;
+	for (i = 0; i < vlen; i++) {
+		n = div_sendmsg(fd, o, &vec[i].msg_hdr, flags);
+		if (n < 0 && i == 0)
+			return -1;
+		if (n < 0)
+			break;
+		vec[i].msg_len = (unsigned int)n;
+	}
+	errno = saved;
+	return (int)i;
 }
 
 /* ---- socket options ---------------------------------------------------- */
@@ -1026,6 +1142,14 @@ SHIM_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	return div_recvmsg(fd, msg, flags);
 }
 
+SHIM_EXPORT int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
+			 int flags, struct timespec *timeout)
+{
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(recvmmsg, fd, vec, vlen, flags, timeout);
+	return div_recvmmsg(fd, vec, vlen, flags, timeout);
+}
+
 SHIM_EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags,
 			     struct sockaddr *from, socklen_t *fromlen)
 {
@@ -1055,6 +1179,38 @@ SHIM_EXPORT ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
 	return div_readv(fd, iov, iovcnt);
 }
 
+/* The fortified forms check as glibc does, then go where the plain ones go. */
+SHIM_EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t len,
+				   size_t buflen, int flags,
+				   struct sockaddr *from, socklen_t *fromlen)
+{
+	if (len > buflen)
+		__chk_fail();
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(__recvfrom_chk, fd, buf, len, buflen, flags,
+				 from, fromlen);
+	return div_recvfrom(fd, buf, len, flags, from, fromlen);
+}
+
+SHIM_EXPORT ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen,
+			       int flags)
+{
+	if (len > buflen)
+		__chk_fail();
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(__recv_chk, fd, buf, len, buflen, flags);
+	return div_recvfrom(fd, buf, len, flags, NULL, NULL);
+}
+
+SHIM_EXPORT ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
+{
+	if (len > buflen)
+		__chk_fail();
+	if (!reg_lookup(fd, NULL))
+		return CALL_REAL(__read_chk, fd, buf, len, buflen);
+	return div_recvfrom(fd, buf, len, 0, NULL, NULL);
+}
+
 SHIM_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	struct divsock_opts o;
@@ -1064,6 +1220,16 @@ SHIM_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 	if (msg == NULL)
 		return set_errno(EFAULT);
 	return div_sendmsg(fd, &o, msg, flags);
+}
+
+SHIM_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
+			 int flags)
+{
+	struct divsock_opts o;
+
+	if (!reg_lookup(fd, &o))
+		return CALL_REAL(sendmmsg, fd, vec, vlen, flags);
+	return div_sendmmsg(fd, &o, vec, vlen, flags);
 }
 
 SHIM_EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags,

@@ -476,6 +476,12 @@ static void client_event(struct pollable *p, uint32_t events)
 	/* a few batches, then give the others a turn */
 	for (int round = 0; round < 4; round++) {
 		n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH, MSG_DONTWAIT, NULL);
+		if (n < 0 && errno == ECONNRESET)
+			/* the program closed with packets unread: Linux says
+			 * so once, ahead of what it wrote before closing (which
+			 * FreeBSD would have sent at sendto()): read on */
+			n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH, MSG_DONTWAIT,
+				     NULL);
 		if (n <= 0)
 			break;
 		for (int i = 0; i < n; i++) {
