@@ -64,6 +64,7 @@
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <netinet/in.h>
@@ -83,6 +84,7 @@
 #define SHIM_SOCK_TYPE_MASK 0xf		/* the kernel's SOCK_TYPE_MASK */
 #define SHIM_TIMEOUT_MS 5000		/* connect, welcome, bind reply */
 #define SHIM_IOV_MAX 64			/* caller iovecs per packet */
+#define SHIM_READS 1024			/* reads remembered per socket */
 /* FreeBSD's sb_max_adj with the default kern.ipc.maxsockbuf (2 MiB):
  * a larger SO_RCVBUF / SO_SNDBUF fails with ENOBUFS there */
 #define SHIM_SOCKBUF_MAX 1864135
@@ -223,6 +225,15 @@ struct divsock {
 	} o;
 	struct sockaddr_un path;	/* the daemon, for bind's control */
 	socklen_t pathlen;		/* connection */
+	/* packets read and not written back yet, oldest first: a write that
+	 * answers one goes on the socket itself (the daemon gives the held
+	 * packet its verdict); any other write is a new packet, whose errors
+	 * sendto() must return, so it goes through the write channel */
+	struct {
+		uint32_t key;		/* divert_wire_packet_key; 0: taken */
+		bool incoming;
+	} reads[SHIM_READS];
+	unsigned rhead, rcount;
 };
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -448,6 +459,75 @@ static void reg_atfork_prepare(void)
 static void reg_atfork_release(void)
 {
 	pthread_mutex_unlock(&reg_lock);
+}
+
+/* Remember that fd's socket read a packet with this identity. */
+static void reads_note(int fd, uint32_t key, bool incoming)
+{
+	struct divsock *ds;
+	int busy;
+
+	if (key == 0 || !reg_active())
+		return;
+	busy = reg_enter();
+	ds = reg_get_locked(fd);
+	if (ds != NULL) {
+		if (ds->rcount == SHIM_READS) {	/* forget the oldest */
+			ds->rhead = (ds->rhead + 1) % SHIM_READS;
+			ds->rcount--;
+		}
+		ds->reads[(ds->rhead + ds->rcount) % SHIM_READS].key = key;
+		ds->reads[(ds->rhead + ds->rcount) % SHIM_READS].incoming = incoming;
+		ds->rcount++;
+	}
+	reg_leave(busy);
+}
+
+/* True (and forgotten) when a packet like this was read and not yet
+ * written back: the write answers it. */
+static bool reads_take(int fd, uint32_t key, bool incoming)
+{
+	struct divsock *ds;
+	bool found = false;
+	int busy;
+
+	if (key == 0 || !reg_active())
+		return false;
+	busy = reg_enter();
+	ds = reg_get_locked(fd);
+	for (unsigned i = 0; ds != NULL && i < ds->rcount; i++) {
+		unsigned k = (ds->rhead + i) % SHIM_READS;
+
+		if (ds->reads[k].key == key && ds->reads[k].incoming == incoming) {
+			ds->reads[k].key = 0;
+			found = true;
+			break;
+		}
+	}
+	while (ds != NULL && ds->rcount > 0 && ds->reads[ds->rhead].key == 0) {
+		ds->rhead = (ds->rhead + 1) % SHIM_READS;
+		ds->rcount--;
+	}
+	reg_leave(busy);
+	return found;
+}
+
+/* The first want bytes of what iov holds (at most avail bytes). */
+static size_t iov_head(const struct iovec *iov, size_t iovlen, size_t avail,
+		       uint8_t *out, size_t want)
+{
+	size_t got = 0;
+
+	if (want > avail)
+		want = avail;
+	for (size_t i = 0; i < iovlen && got < want; i++) {
+		size_t c = iov[i].iov_len < want - got ? iov[i].iov_len
+						      : want - got;
+		if (c > 0)
+			memcpy(out + got, iov[i].iov_base, c);
+		got += c;
+	}
+	return got;
 }
 
 /* ---- talking to divertd ---------------------------------------------- */
@@ -743,6 +823,14 @@ static ssize_t div_recv_packet(int fd, struct msghdr *msg, int flags,
 			return -1;
 	}
 
+	if (!(flags & MSG_PEEK)) {
+		uint8_t head[20];
+		size_t got = iov_head(msg->msg_iov, msg->msg_iovlen,
+				      (size_t)n - sizeof(hdr), head, sizeof(head));
+
+		reads_note(fd, divert_wire_packet_key(head, got),
+			   hdr.addr.sin_addr.s_addr != INADDR_ANY);
+	}
 	if (msg->msg_name != NULL) {
 		c = msg->msg_namelen < sizeof(hdr.addr) ? msg->msg_namelen
 							: sizeof(hdr.addr);
@@ -876,6 +964,89 @@ static int div_fionread(int fd, int *np)
 /* ---- sending ----------------------------------------------------------- */
 
 /*
+ * The write channel: one connection per process, kept open, on which new
+ * packets are written and answered one at a time, so that sendto() returns
+ * what the daemon's injection met (EADDRNOTAVAIL, ENETUNREACH, EMSGSIZE,
+ * ...).  A child after fork opens its own.  Its descriptor belongs to us:
+ * before each use we make sure it is still the socket we opened (a
+ * program that closes every descriptor, as daemons do, may have closed it
+ * and reused the number).
+ */
+static pthread_mutex_t wch_lock = PTHREAD_MUTEX_INITIALIZER;
+static int wch_fd = -1;
+static pid_t wch_pid;
+static dev_t wch_dev;
+static ino_t wch_ino;
+static uint32_t wch_seq;
+
+static bool wch_alive(void)
+{
+	struct stat st;
+
+	return wch_fd >= 0 && wch_pid == getpid() &&
+	       fstat(wch_fd, &st) == 0 && S_ISSOCK(st.st_mode) &&
+	       st.st_dev == wch_dev && st.st_ino == wch_ino;
+}
+
+static int wch_open(void)
+{
+	struct divert_wire_hdr hello;
+	struct sockaddr_un sun;
+	struct stat st;
+	socklen_t len;
+	int fd, err;
+
+	if (wch_fd >= 0 && wch_pid == getpid() && wch_alive())
+		REAL(close)(wch_fd);	/* ours, but broken */
+	wch_fd = -1;
+	err = daemon_path(&sun, &len);
+	if (err < 0)
+		return -err;
+	fd = daemon_connect(&sun, len, SOCK_CLOEXEC);
+	if (fd < 0)
+		return EPIPE;
+	err = daemon_read(fd, DW_WELCOME, &hello);
+	if (err < 0 || fstat(fd, &st) < 0) {
+		REAL(close)(fd);
+		return EPIPE;
+	}
+	wch_fd = fd;
+	wch_pid = getpid();
+	wch_dev = st.st_dev;
+	wch_ino = st.st_ino;
+	return 0;
+}
+
+/* Send m (a DW_WRITE) and wait for its answer; 0 or the errno. */
+static int write_channel(struct msghdr *m)
+{
+	struct divert_wire_hdr *hdr = m->msg_iov[0].iov_base, reply;
+	int busy = shim_busy, err = 0;
+
+	shim_busy = 1;
+	pthread_mutex_lock(&wch_lock);
+	for (int attempt = 0; attempt < 2; attempt++) {
+		if (!wch_alive() && (err = wch_open()) != 0)
+			break;
+		hdr->val = ++wch_seq;
+		if (REAL(sendmsg)(wch_fd, m, MSG_NOSIGNAL) < 0) {
+			err = errno;
+			wch_open();	/* the daemon restarted? once more */
+			continue;
+		}
+		do {
+			err = daemon_read(wch_fd, DW_REPLY, &reply);
+		} while (err == 0 && reply.val != hdr->val);
+		err = err < 0 ? (err == -ETIMEDOUT ? ETIMEDOUT : EPIPE)
+			      : (int)reply.arg;
+		break;
+	}
+	pthread_mutex_unlock(&wch_lock);
+	shim_busy = busy;
+	return err;
+}
+
+/*
  * Write one packet, msg's iovecs, to msg_name (NULL: outgoing).  FreeBSD's
  * checks first, on the first 20 bytes (gathered when the first iovec is
  * shorter); then one sendmsg of the wire header and the caller's iovecs.
@@ -924,10 +1095,8 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 	memset(&hdr, 0, sizeof(hdr));
 	hdr.type = DW_PACKET;
 	hdr.version = DIVERT_WIRE_VERSION;
-	if (msg->msg_name != NULL) {
-		hdr.arg = 1;
-		memcpy(&hdr.addr, msg->msg_name, sizeof(hdr.addr));
-	}
+	hdr.arg = 1;
+	memcpy(&hdr.addr, msg->msg_name, sizeof(hdr.addr));
 	iov[0].iov_base = &hdr;
 	iov[0].iov_len = sizeof(hdr);
 	if (msg->msg_iovlen > 0)
@@ -935,6 +1104,16 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 	memset(&m, 0, sizeof(m));
 	m.msg_iov = iov;
 	m.msg_iovlen = 1 + msg->msg_iovlen;
+	if (!reads_take(fd, divert_wire_packet_key(pkt, len),
+			hdr.addr.sin_addr.s_addr != INADDR_ANY)) {
+		/* a new packet: FreeBSD's sendto() reports its fate */
+		hdr.type = DW_WRITE;
+		hdr.conn = o->conn;
+		err = write_channel(&m);
+		if (err != 0)
+			return set_errno(err);
+		return (ssize_t)len;
+	}
 	/* MSG_NOSIGNAL: a daemon gone away is EPIPE, not a dead program */
 	n = REAL(sendmsg)(fd, &m, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);
 	if (n < 0)

@@ -47,6 +47,22 @@ expect(const char *name, ssize_t r, int want)
 	}
 }
 
+static unsigned short
+in_cksum(const void *p, size_t len)
+{
+	const unsigned char *b = p;
+	unsigned long sum = 0;
+	size_t i;
+
+	for (i = 0; i + 1 < len; i += 2)
+		sum += (unsigned long)(b[i] << 8 | b[i + 1]);
+	if (len & 1)
+		sum += (unsigned long)b[len - 1] << 8;
+	while (sum >> 16)
+		sum = (sum & 0xffff) + (sum >> 16);
+	return htons((unsigned short)~sum);
+}
+
 /* An ICMP echo request from src to dst, len bytes, DF as asked. */
 static size_t
 echo(unsigned char *buf, size_t len, struct in_addr src, struct in_addr dst,
@@ -65,6 +81,7 @@ echo(unsigned char *buf, size_t len, struct in_addr src, struct in_addr dst,
 	ip->ip_src = src;
 	ip->ip_dst = dst;
 	buf[20] = ICMP_ECHO;
+	ip->ip_sum = in_cksum(buf, 20);
 	return len;
 }
 
@@ -108,7 +125,6 @@ main(int argc, char *argv[])
 
 	in.sin_addr = unrouted;			/* not an address of ours */
 	n = echo(buf, 84, unrouted, local, 0);
-	((struct ip *)buf)->ip_sum = 0;
 	expect("incoming, address of no interface: EADDRNOTAVAIL",
 	    sendto(s, buf, n, 0, (struct sockaddr *)&in, sizeof(in)),
 	    EADDRNOTAVAIL);
