@@ -41,6 +41,7 @@
 #include <linux/if_packet.h>
 #include <linux/rtnetlink.h>
 #include <linux/veth.h>
+#include <linux/filter.h>
 #include <libmnl/libmnl.h>
 #include <sys/socket.h>
 
@@ -54,6 +55,8 @@ static const uint8_t inject_mac[ETH_ALEN] = { 0x02, 0xd1, 0x5e, 0x27, 0x00, 0x01
 #define INJECT_MTU 65535
 
 static int raw4 = -1, raw6 = -1, packet_fd = -1;
+static int proto_fd[256];		/* IPv4 raw sockets by protocol, for
+					 * packets the kernel must fragment */
 static int peer_index;
 static int redirects[REDIRECTS_MAX];	/* ifindexes with a tc filter */
 static size_t nredirects;
@@ -206,6 +209,8 @@ int inject_open(void)
 	struct sockaddr_ll sll;
 	int r;
 
+	for (size_t i = 0; i < 256; i++)
+		proto_fd[i] = -1;
 	raw4 = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
 	raw6 = socket(AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW);
 	if (raw4 < 0 || raw6 < 0) {
@@ -260,6 +265,11 @@ void inject_close(void)
 	if (packet_fd >= 0)
 		close(packet_fd);
 	raw4 = raw6 = packet_fd = -1;
+	for (size_t i = 0; i < 256; i++) {
+		if (proto_fd[i] >= 0)
+			close(proto_fd[i]);
+		proto_fd[i] = -1;
+	}
 	if (peer_index)
 		link_delete(INJECT_IFNAME);	/* takes qdisc and filters along */
 	peer_index = 0;
@@ -290,14 +300,103 @@ static int send_marked(int fd, struct iovec *iov, size_t iovlen, void *name,
 	return 0;
 }
 
+/*
+ * Linux never fragments what an IPPROTO_RAW socket sends; FreeBSD's output
+ * path fragments a written packet without DF.  Such a packet goes out
+ * through a raw socket of its protocol instead, whose header the kernel
+ * builds (and fragments) from the program's: source (IP_PKTINFO, any
+ * address thanks to IP_FREEBIND), TOS and TTL (control messages), the mark.
+ * The identification is the kernel's.  These sockets only send: a filter
+ * that accepts nothing keeps the kernel from queueing every packet of
+ * their protocol to them.
+ */
+static int proto_socket(uint8_t proto)
+{
+	static struct sock_filter none[] = { BPF_STMT(BPF_RET | BPF_K, 0) };
+	struct sock_fprog prog = { .len = 1, .filter = none };
+	int one = 1, dont = IP_PMTUDISC_DONT, fd;
+
+	if (proto_fd[proto] >= 0)
+		return proto_fd[proto];
+	fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, proto);
+	if (fd < 0)
+		return -errno;
+	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0 ||
+	    setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &dont, sizeof(dont)) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	return proto_fd[proto] = fd;
+}
+
+static int send_fragmented(const uint8_t *pkt, size_t len, uint32_t mark)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(uint32_t)) + 2 * CMSG_SPACE(sizeof(int)) +
+			 CMSG_SPACE(sizeof(struct in_pktinfo))];
+		struct cmsghdr align;
+	} ctl;
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	struct iovec iov = { .iov_base = (void *)(uintptr_t)(pkt + 20),
+			     .iov_len = len - 20 };
+	struct msghdr msg = {
+		.msg_name = &sin, .msg_namelen = sizeof(sin),
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf),
+	};
+	struct in_pktinfo pi = { 0 };
+	struct cmsghdr *cm;
+	int fd = proto_socket(pkt[9]), tos = pkt[1], ttl = pkt[8];
+
+	if (fd < 0)
+		return fd;
+	memset(&ctl, 0, sizeof(ctl));
+	memcpy(&sin.sin_addr, pkt + 16, 4);
+	memcpy(&pi.ipi_spec_dst, pkt + 12, 4);
+	cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SO_MARK;
+	cm->cmsg_len = CMSG_LEN(sizeof(mark));
+	memcpy(CMSG_DATA(cm), &mark, sizeof(mark));
+	cm = CMSG_NXTHDR(&msg, cm);
+	cm->cmsg_level = IPPROTO_IP;
+	cm->cmsg_type = IP_TOS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &tos, sizeof(int));
+	cm = CMSG_NXTHDR(&msg, cm);
+	cm->cmsg_level = IPPROTO_IP;
+	cm->cmsg_type = IP_TTL;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &ttl, sizeof(int));
+	cm = CMSG_NXTHDR(&msg, cm);
+	cm->cmsg_level = IPPROTO_IP;
+	cm->cmsg_type = IP_PKTINFO;
+	cm->cmsg_len = CMSG_LEN(sizeof(pi));
+	memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+	if (sendmsg(fd, &msg, MSG_DONTWAIT) < 0)
+		return -errno;
+	return 0;
+}
+
 int inject_out(const uint8_t *pkt, size_t len, uint32_t mark)
 {
 	struct iovec iov = { .iov_base = (void *)(uintptr_t)pkt, .iov_len = len };
 
 	if ((pkt[0] >> 4) == 4) {
 		struct sockaddr_in sin = { .sin_family = AF_INET };
+		int r;
+
 		memcpy(&sin.sin_addr, pkt + 16, 4);
-		return send_marked(raw4, &iov, 1, &sin, sizeof(sin), mark);
+		r = send_marked(raw4, &iov, 1, &sin, sizeof(sin), mark);
+		/* too big for the route, DF clear, no IP options, a whole
+		 * datagram of a protocol a raw socket can carry: fragment */
+		if (r == -EMSGSIZE && !(pkt[6] & 0x40) && (pkt[0] & 0x0f) == 5 &&
+		    (pkt[6] & 0x3f) == 0 && pkt[7] == 0 &&
+		    pkt[9] != 0 && pkt[9] != IPPROTO_RAW)
+			r = send_fragmented(pkt, len, mark);
+		return r;
 	} else {
 		struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
 		if (len < sizeof(struct ip6_hdr))

@@ -156,11 +156,16 @@ if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
 
 	# what sendto() returns for new packets that cannot be delivered
 	ip -n "$H" route add unreachable 203.0.113.0/24
+	before=$(icmp_in_echos "$P")
 	if divert_prog "$H" "$SOCK" div_errors 192.0.2.1 192.0.2.2 198.51.100.77 203.0.113.9 >"$TMP/errors.out" 2>&1; then
 		ok "write errors: ENETUNREACH, EHOSTUNREACH, EMSGSIZE, EADDRNOTAVAIL ($(tail -1 "$TMP/errors.out"))"
 	else
 		bad "write errors"; grep -v '^ok' "$TMP/errors.out" | sed 's/^/# /'
 	fi
+	for _ in $(seq 40); do [ "$(icmp_in_echos "$P")" -ge $((before + 2)) ] && break; sleep 0.05; done
+	after=$(icmp_in_echos "$P")
+	check "the 84-byte and the fragmented 3000-byte new packets reach the peer (InEchos +$((after - before)))" \
+		test $((after - before)) -eq 2
 
 	# a second daemon on the same socket refuses, with a message
 	ip netns exec "$H" "$DIVERTD" -d -f "$TMP/s6.conf" -s "$SOCK" >"$TMP/second.log" 2>&1

@@ -81,6 +81,11 @@ echo(unsigned char *buf, size_t len, struct in_addr src, struct in_addr dst,
 	ip->ip_src = src;
 	ip->ip_dst = dst;
 	buf[20] = ICMP_ECHO;
+	memcpy(buf + 22, &(unsigned short){ 0 }, 2);
+	{
+		unsigned short sum = in_cksum(buf + 20, len - 20);
+		memcpy(buf + 22, &sum, 2);
+	}
 	ip->ip_sum = in_cksum(buf, 20);
 	return len;
 }
@@ -121,6 +126,9 @@ main(int argc, char *argv[])
 	    EMSGSIZE);
 	n = echo(buf, 84, local, peer, 0);
 	expect("outgoing to the peer: sent",
+	    sendto(s, buf, n, 0, (struct sockaddr *)&out, sizeof(out)), 0);
+	n = echo(buf, 3000, local, peer, 0);
+	expect("outgoing, larger than the MTU without DF: sent in fragments",
 	    sendto(s, buf, n, 0, (struct sockaddr *)&out, sizeof(out)), 0);
 
 	in.sin_addr = unrouted;			/* not an address of ours */
