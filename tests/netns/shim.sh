@@ -419,7 +419,14 @@ else
 		grows icmp_in_echos "$H" "$before"
 		check "python: IPv4 echo request written as incoming reaches the local stack (Icmp InEchos $before -> $(icmp_in_echos "$H"))" \
 			bash -c "[ $rc -eq 0 ] && [ $(icmp_in_echos "$H") -gt $before ]"
-		cat "$TMP"/py.out4 "$TMP"/py.out6 "$TMP"/py.in4 | grep -v '^ok' | sed 's/^/# /'
+		before=$(icmp6_in_echos "$H")
+		py_run --test_name ipdivert_ip6_input_local_success --divert_port 6668 \
+			--sip 2001:db8::2 --dip 2001:db8::1 --via 192.0.2.1 >"$TMP/py.in6" 2>&1
+		rc=$?
+		grows icmp6_in_echos "$H" "$before"
+		check "python: IPv6 echo request written as incoming, interface named by its IPv4 address, reaches the local stack (Icmp6InEchos $before -> $(icmp6_in_echos "$H"))" \
+			bash -c "[ $rc -eq 0 ] && [ $(icmp6_in_echos "$H") -gt $before ]"
+		cat "$TMP"/py.out4 "$TMP"/py.out6 "$TMP"/py.in4 "$TMP"/py.in6 | grep -v '^ok' | sed 's/^/# /'
 	else
 		bad "python: divertd restarted"
 	fi

@@ -32,6 +32,8 @@ def parse_args():
     parser.add_argument("--sip", type=str, help="source packet IP")
     parser.add_argument("--divert_port", type=int, default=6668,
                         help="divert port to use")
+    parser.add_argument("--via", type=str,
+                        help="IPv4 address of the receiving interface")
     parser.add_argument("--tag", type=int, default=0,
                         help="the rule number a diverted packet must carry "
                         "(echo)")
@@ -76,6 +78,14 @@ def ipdivert_ip_input_local_success(args):
     packet = ip / sc.ICMP(type="echo-request")
     with divert_socket(args) as s:
         send(s, packet, (args.dip, 0))
+
+
+def ipdivert_ip6_input_local_success(args):
+    """An IPv6 echo request written as incoming: the address names the
+    receiving interface by one of its IPv4 addresses (args.via)."""
+    packet = sc.IPv6(dst=args.dip, src=args.sip) / sc.ICMPv6EchoRequest()
+    with divert_socket(args) as s:
+        send(s, packet, (args.via, 0))
 
 
 def ipdivert_echo(args):
