@@ -283,6 +283,25 @@ test_sockname(int s)
 
 	r = getsockname(s, (struct sockaddr *)&sin, &len);
 	expect_errno("getsockname", r, errno, EOPNOTSUPP);
+
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	r = connect(s, (struct sockaddr *)&sin, sizeof(sin));
+	expect_errno("connect", r, errno, EOPNOTSUPP);
+}
+
+static void
+test_ipopts(int s)
+{
+	int ttl = 32;
+	socklen_t len = sizeof(ttl);
+	long r;
+
+	r = setsockopt(s, IPPROTO_IP, IP_TTL, &ttl, sizeof(ttl));
+	expect_errno("setsockopt IPPROTO_IP", r, errno, ENOPROTOOPT);
+	r = getsockopt(s, IPPROTO_IP, IP_TTL, &ttl, &len);
+	expect_errno("getsockopt IPPROTO_IP", r, errno, ENOPROTOOPT);
 }
 
 static void
@@ -428,6 +447,7 @@ main(int argc, char *argv[])
 		test_send(s);
 		test_sockbuf(s);
 		test_sockname(s);
+		test_ipopts(s);
 		close(s);
 	}
 	test_types();
