@@ -131,6 +131,12 @@ if start_divertd "$H" "$TMP/s6.conf" "$SOCK"; then
 	after=$(icmp_in_echos "$P")
 	check "s7: 3 echo requests written as outgoing reach the peer (InEchos +$((after - before)))" \
 		test $((after - before)) -eq 3
+	before=$after
+	divert_prog "$H" "$SOCK" div_inject out 0.0.0.0 192.0.2.2 2 >/dev/null 2>&1
+	for _ in $(seq 40); do [ "$(icmp_in_echos "$P")" -ge $((before + 2)) ] && break; sleep 0.05; done
+	after=$(icmp_in_echos "$P")
+	check "s7: written as outgoing with source 0.0.0.0, the stack fills it in (InEchos +$((after - before)))" \
+		test $((after - before)) -eq 2
 
 	before=$(icmp_in_echos "$H")
 	ip netns exec "$H" iptables -A INPUT -i eth0 -p icmp --icmp-type 8 -m comment --comment s7-eth0
