@@ -572,8 +572,13 @@ static void listener_event(struct pollable *p, uint32_t events)
 void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 {
 	uint16_t tag = mark_tag(cfg->ml, pkt->mark);
-	const struct rule *r = rules_find_queue_rule(cfg->rs, tag, pkt->queue);
-	bool tee = r != NULL && r->action == ACT_TEE;
+	const struct rule *r = rules_find_tee_rule(cfg->rs, tag, pkt->queue);
+	bool tee = r != NULL;
+
+	/* a tee's packets carry a value of their own; the program sees the
+	 * tee's rule number, and the original resumes right after the tee */
+	if (tee)
+		tag = r->num;
 	struct client *c = port_owner[pkt->queue];
 	const struct iface *in;
 	struct pending *pd;

@@ -131,6 +131,13 @@ uint16_t rules_resume_tag(const struct ruleset *rs, uint16_t tag);
 const struct rule *rules_find_queue_rule(const struct ruleset *rs,
 					 uint16_t num, uint16_t port);
 
+/* The mark value a tee rule puts on its packets (no rule number: the
+ * dispatch resumes the original at the rule right after the tee), and the
+ * tee rule sending to port that a queued packet's value names, or NULL. */
+uint16_t rules_tee_value(const struct ruleset *rs, const struct rule *r);
+const struct rule *rules_find_tee_rule(const struct ruleset *rs,
+				       uint16_t value, uint16_t port);
+
 /* Distinct divert/tee ports, ascending; returns how many (<= max). */
 size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max);
 

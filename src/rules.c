@@ -111,6 +111,81 @@ size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max)
 	return n;
 }
 
+/* ---- tee ----------------------------------------------------------------- */
+
+/*
+ * A tee lets the original go on at the very next rule, which may share the
+ * tee's number; a rule number in the mark could only resume after all of
+ * them.  So each tee rule marks its packets with a value of its own that is
+ * no rule number (written packets only ever resume at rule numbers):
+ * counting down from 65535, the k-th such value for the k-th tee rule.  The
+ * dispatch sends that value to the chain holding the rules after the tee.
+ */
+static bool is_rule_number(const struct ruleset *rs, unsigned v)
+{
+	size_t lo = 0, hi = rs->n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (rs->rules[mid].num < v)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < rs->n && rs->rules[lo].num == v;
+}
+
+/* Index of r among the tee rules, in list order. */
+static unsigned tee_index(const struct ruleset *rs, const struct rule *r)
+{
+	unsigned k = 0;
+
+	for (const struct rule *q = rs->rules; q < r; q++)
+		if (q->action == ACT_TEE)
+			k++;
+	return k;
+}
+
+static uint16_t tee_value_k(const struct ruleset *rs, unsigned k)
+{
+	unsigned v = 65536, left = k + 1;
+
+	while (left > 0) {
+		v--;
+		if (!is_rule_number(rs, v))
+			left--;
+	}
+	return (uint16_t)v;
+}
+
+uint16_t rules_tee_value(const struct ruleset *rs, const struct rule *r)
+{
+	return tee_value_k(rs, tee_index(rs, r));
+}
+
+const struct rule *rules_find_tee_rule(const struct ruleset *rs,
+				       uint16_t value, uint16_t port)
+{
+	unsigned above = 0, k;
+
+	if (value == 0 || is_rule_number(rs, value))
+		return NULL;
+	for (size_t i = rs->n; i > 0 && rs->rules[i - 1].num > value; i--)
+		if (i == rs->n || rs->rules[i].num != rs->rules[i - 1].num)
+			above++;	/* distinct rule numbers above value */
+	k = 65535u - value - above;
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+
+		if (r->action != ACT_TEE)
+			continue;
+		if (k-- == 0)
+			return r->arg == port ? r : NULL;
+	}
+	return NULL;
+}
+
 /* ---- a growing string -------------------------------------------------- */
 
 struct sbuf {
@@ -443,6 +518,19 @@ static void ipt_side(struct sbuf *sb, const struct iface_side *s, char opt)
 	/* two or more negated names: escape lines, see ipt_rule() */
 }
 
+/* The mark a divert or tee rule puts on the packets it queues. */
+static unsigned mark_value(const struct ruleset *rs, const struct rule *r)
+{
+	return r->action == ACT_TEE ? rules_tee_value(rs, r) : r->num;
+}
+
+static void ipt_tee_chain(char *buf, size_t len, enum pass pass,
+			  const struct ruleset *rs, const struct rule *r)
+{
+	snprintf(buf, len, "divertd-%s-%u.t%u", pass_word[pass], r->num,
+		 tee_index(rs, r));
+}
+
 static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 		     size_t chainlen, unsigned *nconts)
 {
@@ -487,7 +575,7 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 	case ACT_TEE:
 		snprintf(target, sizeof(target),
 			 " -j MARK --set-xmark 0x%x/0x%x",
-			 tagmark(ml, r->num), ml->mask);
+			 tagmark(ml, mark_value(c->rs, r)), ml->mask);
 		break;
 	case ACT_ALLOW:
 		snprintf(target, sizeof(target), " -g divertd-%s-end", pw);
@@ -555,10 +643,17 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 	}
 	if (r->action == ACT_DIVERT || r->action == ACT_TEE)
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j NFQUEUE "
-			  "--queue-num %u\n", chain, tagmark(ml, r->num),
-			  ml->mask, r->arg);
+			  "--queue-num %u\n", chain,
+			  tagmark(ml, mark_value(c->rs, r)), ml->mask, r->arg);
 
 	if (pl.in.nneg > 1 || pl.out.nneg > 1) {
+		sb_printf(c->body, "-A %s -g %s\n", chain, cont);
+		snprintf(chain, chainlen, "%s", cont);
+	}
+	if (r->action == ACT_TEE) {
+		/* the rest of the segment, where the original resumes */
+		ipt_tee_chain(cont, sizeof(cont), c->pass, c->rs, r);
+		sb_printf(c->decl, ":%s - [0:0]\n", cont);
 		sb_printf(c->body, "-A %s -g %s\n", chain, cont);
 		snprintf(chain, chainlen, "%s", cont);
 	}
@@ -580,6 +675,16 @@ static void ipt_pass(struct ipt_ctx *c, const uint16_t *all, size_t nall)
 		sb_printf(c->body, "-A divertd-%s -m mark --mark 0x%x/0x%x "
 			  "-g %s\n", pw, tagmark(c->ml, all[k]), c->ml->mask,
 			  next);
+	}
+	for (size_t k = 0; k < c->rs->n; k++) {
+		const struct rule *r = &c->rs->rules[k];
+
+		if (r->action != ACT_TEE || !rule_present(r, c->pass, c->fam))
+			continue;
+		ipt_tee_chain(next, sizeof(next), c->pass, c->rs, r);
+		sb_printf(c->body, "-A divertd-%s -m mark --mark 0x%x/0x%x "
+			  "-g %s\n", pw, tagmark(c->ml, rules_tee_value(c->rs, r)),
+			  c->ml->mask, next);
 	}
 	ipt_chain(next, sizeof(next), c->pass, c->nsegs ? 0 : -1, c->segs);
 	sb_printf(c->body, "-A divertd-%s -g %s\n", pw, next);
@@ -722,7 +827,8 @@ static bool implies_family(const struct rule_addr *a, int family)
 	return a->kind == ADDR_PREFIX && a->family == family;
 }
 
-static void nft_rule(struct sbuf *b, const struct rule *r, enum pass pass,
+static void nft_rule(struct sbuf *b, const struct ruleset *rs,
+		     const struct rule *r, enum pass pass,
 		     const struct mark_layout *ml, const uint16_t *segs,
 		     size_t nsegs)
 {
@@ -763,8 +869,8 @@ static void nft_rule(struct sbuf *b, const struct rule *r, enum pass pass,
 	case ACT_DIVERT:
 	case ACT_TEE:
 		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x "
-			  "queue num %u", ~ml->mask, tagmark(ml, r->num),
-			  r->arg);
+			  "queue num %u", ~ml->mask,
+			  tagmark(ml, mark_value(rs, r)), r->arg);
 		break;
 	case ACT_ALLOW:
 		sb_printf(&m, " goto %s_end", pass_word[pass]);
@@ -788,7 +894,15 @@ static void nft_rule(struct sbuf *b, const struct rule *r, enum pass pass,
 	sb_free(&m);
 }
 
-static void nft_base_chain(struct sbuf *b, const char *name,
+static void nft_tee_chain(char *buf, size_t len, enum pass pass,
+			  const struct ruleset *rs, const struct rule *r)
+{
+	snprintf(buf, len, "%s_%u_t%u", pass_word[pass], r->num,
+		 tee_index(rs, r));
+}
+
+static void nft_base_chain(struct sbuf *b, const struct ruleset *rs,
+			   const char *name,
 			   const char *type, const char *hook, enum pass pass,
 			   const struct mark_layout *ml, const uint16_t *all,
 			   size_t nall, const uint16_t *segs, size_t nsegs)
@@ -807,6 +921,15 @@ static void nft_base_chain(struct sbuf *b, const char *name,
 				   segs);
 			sb_printf(b, "%s0x%x : goto %s", k ? ", " : "",
 				  tagmark(ml, all[k]), target);
+		}
+		for (size_t k = 0; k < rs->n; k++) {
+			const struct rule *r = &rs->rules[k];
+
+			if (r->action != ACT_TEE || !rule_present(r, pass, 0))
+				continue;
+			nft_tee_chain(target, sizeof(target), pass, rs, r);
+			sb_printf(b, ", 0x%x : goto %s",
+				  tagmark(ml, rules_tee_value(rs, r)), target);
 		}
 		sb_printf(b, " }\n");
 	}
@@ -827,8 +950,16 @@ static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
 		for (; i < rs->n && rs->rules[i].num <= segs[s]; i++) {
 			const struct rule *r = &rs->rules[i];
 
-			if (r->num == segs[s] && rule_present(r, pass, 0))
-				nft_rule(b, r, pass, ml, segs, nsegs);
+			if (r->num != segs[s] || !rule_present(r, pass, 0))
+				continue;
+			nft_rule(b, rs, r, pass, ml, segs, nsegs);
+			if (r->action == ACT_TEE) {
+				/* the rest of the segment, where the
+				 * original resumes */
+				nft_tee_chain(name, sizeof(name), pass, rs, r);
+				sb_printf(b, "\t\tgoto %s\n\t}\n\tchain %s {\n",
+					  name, name);
+			}
 		}
 		nft_target(name, sizeof(name), pass,
 			   s + 1 < nsegs ? (long)s + 1 : -1, segs);
@@ -855,11 +986,11 @@ char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml)
 	nout = collect_numbers(rs, PASS_OUT, 0, out);
 
 	sb_printf(&b, "table inet divertd {\n");
-	nft_base_chain(&b, "prerouting", "filter", "prerouting", PASS_IN, ml,
+	nft_base_chain(&b, rs, "prerouting", "filter", "prerouting", PASS_IN, ml,
 		       all, nall, in, nin);
-	nft_base_chain(&b, "output", "route", "output", PASS_OUT, ml,
+	nft_base_chain(&b, rs, "output", "route", "output", PASS_OUT, ml,
 		       all, nall, out, nout);
-	nft_base_chain(&b, "forward", "filter", "forward", PASS_OUT, ml,
+	nft_base_chain(&b, rs, "forward", "filter", "forward", PASS_OUT, ml,
 		       all, nall, out, nout);
 	nft_pass_chains(&b, rs, PASS_IN, ml, in, nin);
 	nft_pass_chains(&b, rs, PASS_OUT, ml, out, nout);

@@ -153,6 +153,21 @@ if start_divertd "$H" "$TMP/tee.conf" "$SOCK"; then
 	stop_divertd
 else bad "tee: setup"; fi
 
+# --- tee goes on at the very next rule, even one sharing its number
+cat >"$TMP/tee2.conf" <<'CONF'
+100 tee 9000 icmp from any to any in icmptypes 8
+100 divert 1000 icmp from any to any in icmptypes 8
+CONF
+if start_divertd "$H" "$TMP/tee2.conf" "$SOCK" && run_progs tee2 "div_sink 9000" "div_echo 1000"; then
+	ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
+	check "tee then a rule of the same number: ping succeeds" test $? -eq 0
+	wait_progs
+	check "... the tee program read the copy with tag 100" grep -q 'tag 100 ' "$TMP/tee2.9000.out"
+	check "... and the next rule, also numbered 100, diverted the original" \
+		bash -c "[ $(seen tee2 1000) -eq 1 ] && grep -q 'tag 100 ' '$TMP/tee2.1000.out'"
+	stop_divertd
+else bad "tee then same number: setup"; fi
+
 # --- the receiving interface's name, cut to 7 characters and a NUL
 ip link add longifname0 netns "$H" type veth peer name lp0 netns "$P"
 ip -n "$H" addr add 203.0.113.1/24 dev longifname0

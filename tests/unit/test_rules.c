@@ -286,6 +286,33 @@ static void test_find_queue_rule(void **state)
 	ruleset_free(&rs);
 }
 
+/* Tee rules mark with values that are no rule numbers, counting down from
+ * 65535, and the values lead back to their rules. */
+static void test_tee_values(void **state)
+{
+	struct ruleset rs = parse("100 tee 9000 udp from any to any\n"
+				  "100 divert 8668 tcp from any to any\n"
+				  "65534 count ip from any to any\n"
+				  "65533 tee 9001 ip from any to any\n");
+	const struct rule *tee1, *tee2;
+
+	(void)state;
+	tee1 = &rs.rules[0];
+	tee2 = &rs.rules[2];
+	assert_int_equal(tee1->action, ACT_TEE);
+	assert_int_equal(tee2->action, ACT_TEE);
+	assert_int_equal(rules_tee_value(&rs, tee1), 65535);
+	/* 65534 and 65533 are rule numbers: the second tee gets 65532 */
+	assert_int_equal(rules_tee_value(&rs, tee2), 65532);
+	assert_ptr_equal(rules_find_tee_rule(&rs, 65535, 9000), tee1);
+	assert_ptr_equal(rules_find_tee_rule(&rs, 65532, 9001), tee2);
+	assert_null(rules_find_tee_rule(&rs, 65535, 9001));	/* other port */
+	assert_null(rules_find_tee_rule(&rs, 100, 9000));	/* a rule number */
+	assert_null(rules_find_tee_rule(&rs, 65531, 9000));	/* no such tee */
+	assert_null(rules_find_tee_rule(&rs, 0, 9000));
+	ruleset_free(&rs);
+}
+
 static void test_ports(void **state)
 {
 	struct ruleset rs = parse("100 divert 9000 ip from any to any\n"
@@ -557,6 +584,7 @@ int main(void)
 		cmocka_unit_test(test_mark_layout),
 		cmocka_unit_test(test_resume_tag),
 		cmocka_unit_test(test_find_queue_rule),
+		cmocka_unit_test(test_tee_values),
 		cmocka_unit_test(test_ports),
 		cmocka_unit_test(test_tag_in_other_mask),
 		cmocka_unit_test(test_multiport_split),
