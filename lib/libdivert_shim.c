@@ -828,7 +828,10 @@ static ssize_t div_recv_packet(int fd, struct msghdr *msg, int flags,
 		size_t got = iov_head(msg->msg_iov, msg->msg_iovlen,
 				      (size_t)n - sizeof(hdr), head, sizeof(head));
 
-		reads_note(fd, divert_wire_packet_key(head, got),
+		/* the key reads bytes 0-9 only, but checks the packet's
+		 * length (40 for IPv6): give it the real one */
+		reads_note(fd, got >= 10 ? divert_wire_packet_key(head,
+				(size_t)n - sizeof(hdr)) : 0,
 			   hdr.addr.sin_addr.s_addr != INADDR_ANY);
 	}
 	if (msg->msg_name != NULL) {
@@ -988,25 +991,47 @@ static bool wch_alive(void)
 	       st.st_dev == wch_dev && st.st_ino == wch_ino;
 }
 
-static int wch_open(void)
+/* fork: the child must not inherit a held lock or the parent's channel */
+static void wch_atfork_prepare(void)
 {
-	struct divert_wire_hdr hello;
-	struct sockaddr_un sun;
-	struct stat st;
-	socklen_t len;
-	int fd, err;
+	pthread_mutex_lock(&wch_lock);
+}
 
-	if (wch_fd >= 0 && wch_pid == getpid() && wch_alive())
+static void wch_atfork_parent(void)
+{
+	pthread_mutex_unlock(&wch_lock);
+}
+
+static void wch_atfork_child(void)
+{
+	struct stat st;
+
+	/* the parent's channel, if the number still holds it, is ours to
+	 * close; the child opens its own when it needs one */
+	if (wch_fd >= 0 && fstat(wch_fd, &st) == 0 &&
+	    st.st_dev == wch_dev && st.st_ino == wch_ino)
+		REAL(close)(wch_fd);
+	wch_fd = -1;
+	pthread_mutex_unlock(&wch_lock);
+}
+
+/* Open the channel to the daemon that owns ds's socket. */
+static int wch_open(const struct sockaddr_un *sun, socklen_t len)
+{
+	struct timeval tv = { SHIM_TIMEOUT_MS / 1000, 0 };
+	struct divert_wire_hdr hello;
+	struct stat st;
+	int fd;
+
+	if (wch_alive())
 		REAL(close)(wch_fd);	/* ours, but broken */
 	wch_fd = -1;
-	err = daemon_path(&sun, &len);
-	if (err < 0)
-		return -err;
-	fd = daemon_connect(&sun, len, SOCK_CLOEXEC);
+	fd = daemon_connect(sun, len, SOCK_CLOEXEC);
 	if (fd < 0)
 		return EPIPE;
-	err = daemon_read(fd, DW_WELCOME, &hello);
-	if (err < 0 || fstat(fd, &st) < 0) {
+	/* a daemon that stops reading cannot hold a write forever */
+	(void)REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (daemon_read(fd, DW_WELCOME, &hello) < 0 || fstat(fd, &st) < 0) {
 		REAL(close)(fd);
 		return EPIPE;
 	}
@@ -1017,22 +1042,38 @@ static int wch_open(void)
 	return 0;
 }
 
-/* Send m (a DW_WRITE) and wait for its answer; 0 or the errno. */
-static int write_channel(struct msghdr *m)
+/* True when divertd has closed the socket's connection (it restarted or
+ * went away): connection ids are not reused across restarts, but nothing
+ * must be sent in the name of a dead socket anyway. */
+static bool data_hung_up(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLRDHUP };
+
+	return poll(&pfd, 1, 0) == 1 &&
+	       (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR));
+}
+
+/* Send m (a DW_WRITE for the socket fd) and wait for its answer; 0 or the
+ * errno.  Cancellation is off while the channel's lock is held. */
+static int write_channel(int fd, const struct sockaddr_un *sun,
+			 socklen_t sunlen, struct msghdr *m)
 {
 	struct divert_wire_hdr *hdr = m->msg_iov[0].iov_base, reply;
-	int busy = shim_busy, err = 0;
+	int err = 0, cancel;
 
-	shim_busy = 1;
+	if (data_hung_up(fd))
+		return EPIPE;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 	pthread_mutex_lock(&wch_lock);
 	for (int attempt = 0; attempt < 2; attempt++) {
-		if (!wch_alive() && (err = wch_open()) != 0)
+		if (!wch_alive() && (err = wch_open(sun, sunlen)) != 0)
 			break;
 		hdr->val = ++wch_seq;
 		if (REAL(sendmsg)(wch_fd, m, MSG_NOSIGNAL) < 0) {
-			err = errno;
-			wch_open();	/* the daemon restarted? once more */
-			continue;
+			err = errno == EAGAIN ? ETIMEDOUT : errno;
+			REAL(close)(wch_fd);
+			wch_fd = -1;
+			continue;	/* the daemon restarted? once more */
 		}
 		do {
 			err = daemon_read(wch_fd, DW_REPLY, &reply);
@@ -1042,7 +1083,7 @@ static int write_channel(struct msghdr *m)
 		break;
 	}
 	pthread_mutex_unlock(&wch_lock);
-	shim_busy = busy;
+	pthread_setcancelstate(cancel, NULL);
 	return err;
 }
 
@@ -1060,6 +1101,8 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 	const void *pkt = head;
 	struct msghdr m;
 	size_t len = 0, got, c, i;
+	uint32_t key;
+	bool incoming;
 	ssize_t n;
 	int err;
 
@@ -1104,20 +1147,33 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 	memset(&m, 0, sizeof(m));
 	m.msg_iov = iov;
 	m.msg_iovlen = 1 + msg->msg_iovlen;
-	if (!reads_take(fd, divert_wire_packet_key(pkt, len),
-			hdr.addr.sin_addr.s_addr != INADDR_ANY)) {
+	key = divert_wire_packet_key(pkt, len);
+	incoming = hdr.addr.sin_addr.s_addr != INADDR_ANY;
+	if (!reads_take(fd, key, incoming)) {
 		/* a new packet: FreeBSD's sendto() reports its fate */
+		struct sockaddr_un sun;
+		socklen_t sunlen;
+		int saved = errno;
+
+		if (!reg_path(fd, &sun, &sunlen))
+			return set_errno(EBADF);
 		hdr.type = DW_WRITE;
 		hdr.conn = o->conn;
-		err = write_channel(&m);
+		err = write_channel(fd, &sun, sunlen, &m);
 		if (err != 0)
 			return set_errno(err);
+		errno = saved;
 		return (ssize_t)len;
 	}
 	/* MSG_NOSIGNAL: a daemon gone away is EPIPE, not a dead program */
 	n = REAL(sendmsg)(fd, &m, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);
-	if (n < 0)
+	if (n < 0) {
+		int saved = errno;
+
+		reads_note(fd, key, incoming);	/* a retry is a write-back too */
+		errno = saved;
 		return -1;
+	}
 	return n >= (ssize_t)sizeof(hdr) ? n - (ssize_t)sizeof(hdr) : 0;
 }
 
@@ -1585,6 +1641,7 @@ static void shim_init(void)
 		(void)real_get((enum real_id)i);
 	pthread_atfork(reg_atfork_prepare, reg_atfork_release,
 		       reg_atfork_release);
+	pthread_atfork(wch_atfork_prepare, wch_atfork_parent, wch_atfork_child);
 	(void)debug_enabled();
 	errno = saved;
 }

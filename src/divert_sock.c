@@ -42,6 +42,7 @@
 #include <arpa/inet.h>
 #include <linux/netfilter.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -96,7 +97,8 @@ static char listen_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct client *port_owner[65536];
 static struct client *clients[MAX_CLIENTS];
 static unsigned nclients;
-static uint64_t next_conn_id = 1;
+static uint64_t next_conn_id;		/* random start: ids of an earlier
+					 * divertd name nothing here */
 
 static struct held *held_pool, *held_free;
 static struct held *gfirst, *glast;
@@ -451,7 +453,10 @@ static void client_message(struct client *c, uint8_t *buf, size_t n)
 	case DW_WRITE: {
 		/* on a process's write channel, for the socket m.conn */
 		struct client *owner = client_by_id(m.conn);
-		int err = owner == NULL ? EBADF
+		int err;
+
+		stats.channel_writes++;
+		err = owner == NULL ? EBADF
 			: client_write(owner, &m, buf + sizeof(m), n - sizeof(m));
 		client_reply_seq(c, err, m.val);
 		break;
@@ -704,6 +709,10 @@ int divert_sock_open(const struct divert_config *c)
 	int fd;
 
 	cfg = c;
+	if (getrandom(&next_conn_id, sizeof(next_conn_id), 0) !=
+	    sizeof(next_conn_id))
+		next_conn_id = (uint64_t)time(NULL) << 32 | (uint64_t)getpid();
+	next_conn_id |= 1;
 	if (strlen(c->socket_path) >= sizeof(sun.sun_path) - 16) {
 		log_err("socket path too long: %s", c->socket_path);
 		return -1;

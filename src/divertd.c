@@ -164,7 +164,7 @@ static void log_stats(void)
 		 "%llu full, %llu reinjected out, %llu reinjected in, "
 		 "%llu injected out, %llu injected in, %llu inject errors, "
 		 "%llu expired, %llu evicted, %llu bad writes, %llu bad checksums, "
-		 "%llu naming no interface, "
+		 "%llu naming no interface, %llu written as new, "
 		 "%llu verdict errors, %llu kernel queue drops",
 		 (unsigned long long)q->received, (unsigned long long)s->diverted,
 		 (unsigned long long)s->teed, (unsigned long long)s->noport,
@@ -178,6 +178,7 @@ static void log_stats(void)
 		 (unsigned long long)s->bad_writes,
 		 (unsigned long long)s->bad_cksum_in,
 		 (unsigned long long)s->no_iface,
+		 (unsigned long long)s->channel_writes,
 		 (unsigned long long)q->verdict_errors,
 		 (unsigned long long)q->kernel_drops);
 }

@@ -307,6 +307,7 @@ struct divert_stats {
 	uint64_t bad_writes;		/* client messages refused */
 	uint64_t bad_cksum_in;		/* incoming writes with a bad header */
 	uint64_t no_iface;		/* incoming writes naming no interface */
+	uint64_t channel_writes;	/* writes on a write channel (new) */
 };
 /* Listen on cfg->socket_path (created atomically, mode 0600). */
 int divert_sock_open(const struct divert_config *cfg);

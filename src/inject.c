@@ -58,7 +58,10 @@ static int raw4 = -1, raw6 = -1, packet_fd = -1;
 static int proto_fd[256];		/* IPv4 raw sockets by protocol, for
 					 * packets the kernel must fragment */
 static int peer_index;
-static int redirects[REDIRECTS_MAX];	/* ifindexes with a tc filter */
+static struct {
+	int index;			/* ifindex with a tc filter, or */
+	bool failed;			/* one tc refused: not tried again */
+} redirects[REDIRECTS_MAX];
 static size_t nredirects;
 
 /* One rtnetlink request, waiting for its acknowledgement.  Returns 0 or
@@ -175,8 +178,8 @@ static int redirect_to(const struct iface *ifc)
 	char cmd[256];
 
 	for (size_t i = 0; i < nredirects; i++)
-		if (redirects[i] == ifc->index)
-			return 0;
+		if (redirects[i].index == ifc->index)
+			return redirects[i].failed ? -EADDRNOTAVAIL : 0;
 	if (nredirects == REDIRECTS_MAX)
 		return -ENOSPC;
 	snprintf(cmd, sizeof(cmd),
@@ -184,11 +187,12 @@ static int redirect_to(const struct iface *ifc)
 		 "u32 match u32 0x%08x 0xffffffff at -8 "
 		 "action mirred ingress redirect dev %s",
 		 (unsigned)ifc->index, ifc->name);
-	if (tc_run(cmd) != 0) {
+	redirects[nredirects].index = ifc->index;
+	redirects[nredirects].failed = tc_run(cmd) != 0;
+	if (redirects[nredirects++].failed) {
 		log_warn("cannot redirect injected packets to %s", ifc->name);
 		return -EADDRNOTAVAIL;
 	}
-	redirects[nredirects++] = ifc->index;
 	return 0;
 }
 
@@ -305,7 +309,8 @@ static int send_marked(int fd, struct iovec *iov, size_t iovlen, void *name,
  * path fragments a written packet without DF.  Such a packet goes out
  * through a raw socket of its protocol instead, whose header the kernel
  * builds (and fragments) from the program's: source (IP_PKTINFO, any
- * address thanks to IP_FREEBIND), TOS and TTL (control messages), the mark.
+ * address thanks to IP_TRANSPARENT), TOS and TTL (control messages; a TTL
+ * of 0, which the kernel refuses there, becomes its default), the mark.
  * The identification is the kernel's.  These sockets only send: a filter
  * that accepts nothing keeps the kernel from queueing every packet of
  * their protocol to them.
@@ -316,13 +321,16 @@ static int proto_socket(uint8_t proto)
 	struct sock_fprog prog = { .len = 1, .filter = none };
 	int one = 1, dont = IP_PMTUDISC_DONT, fd;
 
+	/* IP_TRANSPARENT (not IP_FREEBIND) lets the route lookup take any
+	 * source, as IPPROTO_RAW does: forwarded packets keep theirs */
+
 	if (proto_fd[proto] >= 0)
 		return proto_fd[proto];
 	fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, proto);
 	if (fd < 0)
 		return -errno;
 	if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0 ||
-	    setsockopt(fd, IPPROTO_IP, IP_FREEBIND, &one, sizeof(one)) < 0 ||
+	    setsockopt(fd, IPPROTO_IP, IP_TRANSPARENT, &one, sizeof(one)) < 0 ||
 	    setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &dont, sizeof(dont)) < 0) {
 		int err = -errno;
 		close(fd);
@@ -365,16 +373,19 @@ static int send_fragmented(const uint8_t *pkt, size_t len, uint32_t mark)
 	cm->cmsg_type = IP_TOS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cm), &tos, sizeof(int));
-	cm = CMSG_NXTHDR(&msg, cm);
-	cm->cmsg_level = IPPROTO_IP;
-	cm->cmsg_type = IP_TTL;
-	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &ttl, sizeof(int));
+	if (ttl != 0) {
+		cm = CMSG_NXTHDR(&msg, cm);
+		cm->cmsg_level = IPPROTO_IP;
+		cm->cmsg_type = IP_TTL;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &ttl, sizeof(int));
+	}
 	cm = CMSG_NXTHDR(&msg, cm);
 	cm->cmsg_level = IPPROTO_IP;
 	cm->cmsg_type = IP_PKTINFO;
 	cm->cmsg_len = CMSG_LEN(sizeof(pi));
 	memcpy(CMSG_DATA(cm), &pi, sizeof(pi));
+	msg.msg_controllen = (size_t)((char *)cm - ctl.buf) + CMSG_SPACE(sizeof(pi));
 	if (sendmsg(fd, &msg, MSG_DONTWAIT) < 0)
 		return -errno;
 	return 0;

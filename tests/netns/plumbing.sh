@@ -208,6 +208,8 @@ if start_divertd "$H" "$TMP/v6.conf" "$SOCK" && run_progs v6 "div_echo 8668" "di
 	check "IPv6: the echo request was read (tag 100, 104 bytes)" grep -q 'len 104 tag 100 ' "$TMP/v6.8668.out"
 	check "IPv6: the echo reply was read (tag 200)" grep -q 'len 104 tag 200 ' "$TMP/v6.8669.out"
 	stop_divertd
+	check "IPv6: write-backs answered their held packets directly, none as new packets" \
+		grep -q ' 0 written as new,' "$TMP/divertd-$H.log"
 else bad "IPv6: setup"; fi
 
 # --- TCP through a divert program, both directions, large writes (GSO
