@@ -21,8 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <systemd/sd-daemon.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -39,7 +41,7 @@
 #define QUEUE_MAXLEN 16384
 #define MAX_PORTS 1024
 
-static volatile sig_atomic_t stop_signal, dump_stats;
+static volatile sig_atomic_t stop_signal, dump_stats, reload_asked;
 static bool fatal_error;		/* the loop cannot go on: exit 1 */
 static int epfd = -1;
 
@@ -47,6 +49,8 @@ static void on_signal(int sig)
 {
 	if (sig == SIGUSR1)
 		dump_stats = 1;
+	else if (sig == SIGHUP)
+		reload_asked = 1;
 	else
 		stop_signal = sig;
 }
@@ -83,7 +87,12 @@ static void usage(FILE *f)
 "  -t MS      how long a packet read but never written back is held\n"
 "             before it is dropped (default %d)\n"
 "  -v         log debug messages\n"
-"  -h         this help\n", DEFAULT_MASK, DEFAULT_HOLD_MS);
+"  -h         this help\n"
+"SIGHUP re-reads FILE and replaces the rules atomically (a FILE with an\n"
+"error is refused and the running rules stay); SIGTERM or SIGINT remove\n"
+"the rules and the socket and exit 0; SIGUSR1 logs the counters.\n"
+"Under systemd (Type=notify) readiness is sent once everything is up.\n",
+		DEFAULT_MASK, DEFAULT_HOLD_MS);
 }
 
 /* Print what -n shows: the text of both backends. */
@@ -209,6 +218,71 @@ static void iftable_event(struct pollable *p, uint32_t events)
 	iftable_process();
 }
 
+static bool has_port(const uint16_t *ports, size_t n, uint16_t port)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ports[i] == port)
+			return true;
+	return false;
+}
+
+/*
+ * SIGHUP: read the config again and put it in place while traffic flows.
+ * Queues for new ports are bound first, then the rules are replaced in one
+ * transaction per backend table, then the ruleset divert_sock.c reads is
+ * swapped, then queues no rule uses any more are unbound (what they held
+ * is dropped, as on FreeBSD when a divert rule goes).  A config with an
+ * error, or rules the kernel refuses, change nothing.
+ */
+static void reload(const char *path, enum fw_backend backend,
+		   struct ruleset *rs, const struct mark_layout *ml)
+{
+	struct ruleset nrs = { 0 };
+	uint16_t old[MAX_PORTS], new[MAX_PORTS];
+	size_t nold, nnew, bound = 0;
+	struct timespec ts;
+	char err[512];
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+		   (unsigned long long)ts.tv_sec * 1000000ULL +
+		   (unsigned long long)ts.tv_nsec / 1000, path);
+	if (config_parse_file(path, &nrs, err, sizeof(err)) < 0) {
+		log_err("reload refused, the running rules stay: %s", err);
+		sd_notifyf(0, "READY=1\nSTATUS=reload refused: %s", err);
+		return;
+	}
+	nold = rules_ports(rs, old, MAX_PORTS);
+	nnew = rules_ports(&nrs, new, MAX_PORTS);
+	for (size_t i = 0; i < nnew; i++) {
+		if (has_port(old, nold, new[i]))
+			continue;
+		if (nfqb_bind_queue(new[i]) < 0)
+			goto undo;
+		bound = i + 1;
+	}
+	if (fw_replace(backend, &nrs, ml) < 0) {
+		log_err("reload refused, the running rules stay: the kernel "
+			"did not take the new rules");
+		goto undo;
+	}
+	ruleset_free(rs);
+	*rs = nrs;		/* divert_sock.c reads it through cfg->rs */
+	for (size_t i = 0; i < nold; i++)
+		if (!has_port(new, nnew, old[i]))
+			nfqb_unbind_queue(old[i]);
+	log_info("reloaded %s: %zu rules, %zu divert ports", path, rs->n, nnew);
+	sd_notifyf(0, "READY=1\nSTATUS=%zu rules, %zu divert ports", rs->n,
+		   nnew);
+	return;
+undo:
+	for (size_t i = 0; i < bound; i++)
+		if (!has_port(old, nold, new[i]))
+			nfqb_unbind_queue(new[i]);
+	ruleset_free(&nrs);
+	sd_notify(0, "READY=1\nSTATUS=reload refused");
+}
+
 int main(int argc, char **argv)
 {
 	const char *config_path = DEFAULT_CONFIG;
@@ -315,12 +389,14 @@ int main(int argc, char **argv)
 	sigaddset(&block, SIGTERM);
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGUSR1);
+	sigaddset(&block, SIGHUP);
 	sigprocmask(SIG_BLOCK, &block, &orig);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGUSR1, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	if (backend == FW_AUTO)
@@ -346,6 +422,7 @@ int main(int argc, char **argv)
 	dc.hold_ms = (unsigned)hold_ms;
 	if (divert_sock_open(&dc) < 0)
 		goto out_rules_installed;
+	nfqb_set_handler(divert_sock_packet, divert_sock_flush, NULL);
 	log_info("ready: %zu rules, %zu divert ports, %s backend, socket %s",
 		 rs.n, nports, fw_backend_name(backend), socket_path);
 
@@ -359,6 +436,10 @@ int main(int argc, char **argv)
 			_exit(0);
 		setsid();
 	}
+
+	/* systemd (Type=notify): rules, queues and socket are in place */
+	sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=%zu rules, %zu divert ports",
+		   (int)getpid(), rs.n, nports);
 
 	while (!stop_signal && !fatal_error) {
 		struct epoll_event ev[64];
@@ -379,7 +460,12 @@ int main(int argc, char **argv)
 			dump_stats = 0;
 			log_stats();
 		}
+		if (reload_asked) {
+			reload_asked = 0;
+			reload(config_path, backend, &rs, &ml);
+		}
 	}
+	sd_notify(0, "STOPPING=1");
 	if (stop_signal)
 		log_info("signal %d: removing rules and exiting", (int)stop_signal);
 	ret = fatal_error ? 1 : 0;

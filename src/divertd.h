@@ -244,6 +244,10 @@ enum fw_backend fw_probe(void);
 /* Remove whatever an earlier divertd left, then install the rules. */
 int fw_install(enum fw_backend b, const struct ruleset *rs,
 	       const struct mark_layout *ml);
+/* Replace the installed rules with rs while traffic flows: one nft
+ * transaction, or one iptables-restore per family. */
+int fw_replace(enum fw_backend b, const struct ruleset *rs,
+	       const struct mark_layout *ml);
 /* Remove our rules from both backends; quiet when there are none. */
 void fw_remove(void);
 
@@ -270,6 +274,11 @@ typedef void (*nfqb_packet_fn)(struct nfqb_packet *pkt, void *arg);
 
 int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen);
 int nfqb_fd(void);
+/* Bind or unbind one more queue while running (a reload). */
+int nfqb_bind_queue(uint16_t queue);
+int nfqb_unbind_queue(uint16_t queue);
+/* Where packets go that arrive while a configuration request waits. */
+void nfqb_set_handler(nfqb_packet_fn fn, void (*flush)(void), void *arg);
 /* Read one batch of packets and call fn for each; returns the number read,
  * 0 when none were waiting, -1 on a fatal socket error. */
 int nfqb_receive(nfqb_packet_fn fn, void *arg);

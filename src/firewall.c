@@ -73,76 +73,161 @@ static char *restore_cmd(int family)
 	return family == 4 ? iptables_restore : ip6tables_restore;
 }
 
-/*
- * Remove our chains from one family's mangle table: read it with
- * iptables-save, delete each jump into a divertd-* chain from the built-in
- * chains, then flush and delete those chains, in one restore.
- */
-static void ipt_remove(int family)
+/* What iptables-save shows of ours in one family's mangle table: the
+ * divertd-* chains, and the jumps into them from the built-in chains. */
+struct ipt_state {
+	char *saved;			/* iptables-save's output, cut up */
+	char *chains[4096];		/* "divertd-in-100" */
+	size_t nchains;
+	char *jumps[16];		/* "PREROUTING -j divertd-in" */
+	size_t njumps;
+};
+
+static int ipt_read(int family, struct ipt_state *st)
 {
 	static char save4[] = "iptables-save", save6[] = "ip6tables-save";
 	static char opt_t[] = "-t", mangle[] = "mangle";
-	char *save_argv[] = { family == 4 ? save4 : save6, opt_t, mangle, NULL };
-	char *restore_argv[] = { restore_cmd(family), opt_wait, opt_noflush, NULL };
-	char *saved = NULL, *text = NULL, *line, *next;
-	size_t cap, len = 0;
-	bool any = false;
+	char *argv[] = { family == 4 ? save4 : save6, opt_t, mangle, NULL };
+	char *line, *next;
 
-	if (spawn_run(save_argv, NULL, &saved) != 0 || saved == NULL)
+	memset(st, 0, sizeof(*st));
+	if (spawn_run(argv, NULL, &st->saved) != 0 || st->saved == NULL)
+		return -1;
+	for (line = st->saved; *line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		else
+			next = line + strlen(line);
+		if (strncmp(line, ":divertd-", 9) == 0 &&
+		    st->nchains < sizeof(st->chains) / sizeof(st->chains[0])) {
+			line[strcspn(line, " ")] = '\0';
+			st->chains[st->nchains++] = line + 1;
+		} else if (strncmp(line, "-A ", 3) == 0 &&
+			   strncmp(line + 3, "divertd-", 8) != 0 &&
+			   (strstr(line, " -j divertd-") || strstr(line, " -g divertd-")) &&
+			   st->njumps < sizeof(st->jumps) / sizeof(st->jumps[0])) {
+			st->jumps[st->njumps++] = line + 3;
+		}
+	}
+	return 0;
+}
+
+static int ipt_restore(int family, const char *text)
+{
+	char *argv[] = { restore_cmd(family), opt_wait, opt_noflush, NULL };
+
+	return spawn_run(argv, text, NULL);
+}
+
+/* Remove our chains from one family's mangle table, in one restore. */
+static void ipt_remove(int family)
+{
+	struct ipt_state st;
+	struct { char *p; size_t len; } t = { 0 };
+	size_t cap;
+
+	if (ipt_read(family, &st) < 0 || (st.nchains == 0 && st.njumps == 0))
 		goto out;
-	cap = strlen(saved) * 2 + 64;
-	text = malloc(cap);
-	if (text == NULL)
+	cap = strlen("*mangle\nCOMMIT\n") + 1 + st.njumps * 256 +
+	      st.nchains * 2 * 64;
+	t.p = malloc(cap);
+	if (t.p == NULL)
 		goto out;
-	len += (size_t)snprintf(text + len, cap - len, "*mangle\n");
-	/* jumps first: "-A PREROUTING -j divertd-in" -> "-D PREROUTING ..." */
-	for (line = saved; line && *line; line = next) {
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		if (strncmp(line, "-A ", 3) == 0 && strncmp(line + 3, "divertd-", 8) != 0 &&
-		    (strstr(line, " -j divertd-") || strstr(line, " -g divertd-"))) {
-			len += (size_t)snprintf(text + len, cap - len, "-D %s\n", line + 3);
-			any = true;
-		}
-		if (next)
-			next[-1] = '\n';
-	}
-	for (line = saved; line && *line; line = next) {
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		if (strncmp(line, ":divertd-", 9) == 0) {
-			char *sp = strchr(line, ' ');
-			if (sp)
-				*sp = '\0';
-			len += (size_t)snprintf(text + len, cap - len, "-F %s\n", line + 1);
-			any = true;
-			if (sp)
-				*sp = ' ';
-		}
-		if (next)
-			next[-1] = '\n';
-	}
-	for (line = saved; line && *line; line = next) {
-		next = strchr(line, '\n');
-		if (next)
-			*next++ = '\0';
-		if (strncmp(line, ":divertd-", 9) == 0) {
-			char *sp = strchr(line, ' ');
-			if (sp)
-				*sp = '\0';
-			len += (size_t)snprintf(text + len, cap - len, "-X %s\n", line + 1);
-		}
-		if (next)
-			next[-1] = '\n';
-	}
-	snprintf(text + len, cap - len, "COMMIT\n");
-	if (any && spawn_run(restore_argv, text, NULL) != 0)
-		log_warn("%s could not remove the divertd chains", restore_argv[0]);
+	t.len = (size_t)snprintf(t.p, cap, "*mangle\n");
+	for (size_t i = 0; i < st.njumps; i++)
+		t.len += (size_t)snprintf(t.p + t.len, cap - t.len, "-D %s\n",
+					  st.jumps[i]);
+	for (size_t i = 0; i < st.nchains; i++)
+		t.len += (size_t)snprintf(t.p + t.len, cap - t.len, "-F %s\n",
+					  st.chains[i]);
+	for (size_t i = 0; i < st.nchains; i++)
+		t.len += (size_t)snprintf(t.p + t.len, cap - t.len, "-X %s\n",
+					  st.chains[i]);
+	snprintf(t.p + t.len, cap - t.len, "COMMIT\n");
+	if (ipt_restore(family, t.p) != 0)
+		log_warn("%s could not remove the divertd chains",
+			 restore_cmd(family));
 out:
-	free(saved);
-	free(text);
+	free(st.saved);
+	free(t.p);
+}
+
+static bool declares(const char *text, const char *chain)
+{
+	size_t n = strlen(chain);
+
+	for (const char *p = text; (p = strstr(p, chain)) != NULL; p += n)
+		if (p > text + 1 && p[-1] == ':' && p[-2] == '\n' && p[n] == ' ')
+			return true;
+	return false;
+}
+
+static bool has_jump(const struct ipt_state *st, const char *builtin,
+		     const char *target)
+{
+	char want[128];
+
+	snprintf(want, sizeof(want), "%s -j %s", builtin, target);
+	for (size_t i = 0; i < st->njumps; i++)
+		if (strcmp(st->jumps[i], want) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Replace one family's chains with text (rules_ipt_text()) in ONE restore,
+ * so that no packet ever sees a half-built list: every chain the new text
+ * declares is flushed and refilled, chains only the old list had are
+ * flushed and deleted, and the jumps from the built-in chains stay.
+ */
+static int ipt_replace(int family, const char *text)
+{
+	struct ipt_state st;
+	size_t cap = strlen(text) + 64 * 2 * 4096 + 64;
+	char *out = NULL, *copy = NULL, *line, *next;
+	size_t len = 0;
+	int ret = -1;
+
+	if (ipt_read(family, &st) < 0)
+		goto done;
+	out = malloc(cap);
+	copy = strdup(text);
+	if (out == NULL || copy == NULL)
+		goto done;
+	len += (size_t)snprintf(out + len, cap - len, "*mangle\n");
+	for (size_t i = 0; i < st.nchains; i++)
+		if (!declares(text, st.chains[i]))
+			len += (size_t)snprintf(out + len, cap - len,
+						":%s - [0:0]\n", st.chains[i]);
+	for (line = copy; *line; line = next) {
+		char builtin[32], target[64];
+
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		else
+			next = line + strlen(line);
+		if (strcmp(line, "*mangle") == 0 || strcmp(line, "COMMIT") == 0)
+			continue;
+		if (sscanf(line, "-I %31s 1 -j %63s", builtin, target) == 2 &&
+		    has_jump(&st, builtin, target))
+			continue;	/* already in place */
+		len += (size_t)snprintf(out + len, cap - len, "%s\n", line);
+	}
+	for (size_t i = 0; i < st.nchains; i++)
+		if (!declares(text, st.chains[i]))
+			len += (size_t)snprintf(out + len, cap - len, "-X %s\n",
+						st.chains[i]);
+	snprintf(out + len, cap - len, "COMMIT\n");
+	ret = ipt_restore(family, out) == 0 ? 0 : -1;
+	if (ret < 0)
+		log_err("%s refused the new rules", restore_cmd(family));
+done:
+	free(st.saved);
+	free(out);
+	free(copy);
+	return ret;
 }
 
 void fw_remove(void)
@@ -151,6 +236,34 @@ void fw_remove(void)
 	nft_run("add table inet divertd\ndelete table inet divertd\n", false, true);
 	ipt_remove(4);
 	ipt_remove(6);
+}
+
+int fw_replace(enum fw_backend b, const struct ruleset *rs,
+	       const struct mark_layout *ml)
+{
+	int ret = -1;
+
+	if (b == FW_NFT) {
+		/* one transaction: the old table goes as the new one comes */
+		char *table = rules_nft_text(rs, ml), *text = NULL;
+
+		if (table != NULL &&
+		    asprintf(&text, "add table inet divertd\n"
+			     "delete table inet divertd\n%s", table) >= 0)
+			ret = nft_run(text, false, false);
+		free(table);
+		free(text);
+		return ret;
+	}
+	for (int family = 4; family <= 6; family += 2) {
+		char *text = rules_ipt_text(rs, ml, family);
+
+		ret = text != NULL ? ipt_replace(family, text) : -1;
+		free(text);
+		if (ret < 0)
+			return -1;
+	}
+	return 0;
 }
 
 int fw_install(enum fw_backend b, const struct ruleset *rs,

@@ -47,19 +47,34 @@ static struct mnl_nlmsg_batch *vbatch;
 static struct nfqb_stats stats;
 static struct log_ratelimit rl_errors;
 
+/* Who gets packets that arrive while a configuration request waits for
+ * its answer (a reload binds queues while traffic flows). */
+static nfqb_packet_fn live_fn;
+static void (*live_flush)(void);
+static void *live_arg;
+
+struct parse_ctx {
+	nfqb_packet_fn fn;
+	void *arg;
+};
+
+static int packet_cb(const struct nlmsghdr *nlh, void *data);
+
 /* Send one configuration message and wait for its acknowledgement.
- * Anything else read meanwhile is a packet of a queue bound before
- * (possible only if some other rule already queues to it): no client can
- * have it yet, so it is dropped like a packet for a port with no socket. */
+ * Packets read meanwhile go to the live handler; before there is one (at
+ * start, when no client can have them yet) they are dropped, like packets
+ * for a port with no socket. */
 static int config_request(struct nlmsghdr *nlh)
 {
-	char buf[NL_BUFSIZE];
+	char buf[NL_BUFSIZE + 65536];
 	uint32_t seq = nlh->nlmsg_seq = (uint32_t)time(NULL) | 1;
+	struct parse_ctx ctx = { live_fn, live_arg };
+	int ret = 1;
 
 	nlh->nlmsg_flags |= NLM_F_ACK;
 	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
 		return -1;
-	for (;;) {
+	while (ret > 0) {
 		ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
 		const struct nlmsghdr *m = (const struct nlmsghdr *)buf;
 		int len = (int)n;
@@ -70,24 +85,54 @@ static int config_request(struct nlmsghdr *nlh)
 			const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
 			struct nlattr *attr[NFQA_MAX + 1] = { NULL };
 
-			if (m->nlmsg_type == NLMSG_ERROR && m->nlmsg_seq == seq) {
-				if (e->error == 0)
-					return 0;
-				errno = -e->error;
-				return -1;
-			}
-			if (nfq_nlmsg_parse(m, attr) >= 0 && attr[NFQA_PACKET_HDR]) {
+			if (m->nlmsg_type == NLMSG_ERROR) {
+				if (m->nlmsg_seq != seq)
+					continue;
+				ret = e->error == 0 ? 0 : -1;
+				if (e->error != 0)
+					errno = -e->error;
+			} else if (live_fn != NULL) {
+				packet_cb(m, &ctx);
+			} else if (nfq_nlmsg_parse(m, attr) >= 0 &&
+				   attr[NFQA_PACKET_HDR]) {
 				struct nfqnl_msg_packet_hdr *ph =
 					mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
 				struct nfgenmsg *g = mnl_nlmsg_get_payload(m);
-				char vb[256];
-				struct nlmsghdr *v = nfq_nlmsg_put(vb, NFQNL_MSG_VERDICT,
-								   ntohs(g->res_id));
-				nfq_nlmsg_verdict_put(v, (int)ntohl(ph->packet_id), NF_DROP);
-				mnl_socket_sendto(nl, v, v->nlmsg_len);
+
+				nfqb_verdict(ntohs(g->res_id),
+					     ntohl(ph->packet_id), NF_DROP,
+					     NULL, NULL, 0);
 			}
 		}
+		if (live_flush != NULL)
+			live_flush();	/* before buf is reused */
+		nfqb_flush();
 	}
+	return ret;
+}
+
+void nfqb_set_handler(nfqb_packet_fn fn, void (*flush)(void), void *arg)
+{
+	live_fn = fn;
+	live_flush = flush;
+	live_arg = arg;
+}
+
+static uint32_t queue_maxlen;
+static int bind_queue(uint16_t queue, uint32_t maxlen);
+
+int nfqb_unbind_queue(uint16_t queue)
+{
+	char buf[NL_BUFSIZE];
+	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
+
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
+	return config_request(nlh);
+}
+
+int nfqb_bind_queue(uint16_t queue)
+{
+	return bind_queue(queue, queue_maxlen);
 }
 
 static int bind_queue(uint16_t queue, uint32_t maxlen)
@@ -159,6 +204,7 @@ int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen)
 			"batches: %s", strerror(errno));
 		return -1;
 	}
+	queue_maxlen = maxlen;
 	for (size_t i = 0; i < nqueues; i++)
 		if (bind_queue(queues[i], maxlen) < 0)
 			return -1;
@@ -169,11 +215,6 @@ int nfqb_fd(void)
 {
 	return mnl_socket_get_fd(nl);
 }
-
-struct parse_ctx {
-	nfqb_packet_fn fn;
-	void *arg;
-};
 
 static int packet_cb(const struct nlmsghdr *nlh, void *data)
 {

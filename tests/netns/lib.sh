@@ -111,10 +111,16 @@ start_divertd() {
 		>"$TMP/divertd-$ns.log" 2>&1 &
 	PIDS+=($!)
 	DIVERTD_PID=$!
-	if ! wait_for "$sock" 10; then
-		sed 's/^/# divertd: /' "$TMP/divertd-$ns.log"
-		return 1
-	fi
+	# the socket file, and this daemon's word that it is ready (a file
+	# left by a killed daemon must not count)
+	local i
+	for i in $(seq 200); do
+		[ -e "$sock" ] && grep -q 'ready:' "$TMP/divertd-$ns.log" && return 0
+		kill -0 "$DIVERTD_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	sed 's/^/# divertd: /' "$TMP/divertd-$ns.log"
+	return 1
 }
 
 # stop_divertd: SIGTERM, and the daemon must exit 0 by itself
