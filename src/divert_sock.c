@@ -433,6 +433,63 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 	return 0;
 }
 
+/* ---- divertctl -------------------------------------------------------- */
+
+#define CTL_MAXARGS 256
+
+/* DW_CTL: the command's argv after the header; control.c runs it, the
+ * output goes back in DW_CTLREPLY messages.  The connection's send buffer
+ * is made big enough for the whole reply first, so nothing here waits for
+ * divertctl to read. */
+static void client_control(struct client *c, const struct divert_wire_hdr *m,
+			   char *args, size_t len)
+{
+	static char nomem[] = "divertd: out of memory\n";
+	char *argv[CTL_MAXARGS + 1];
+	struct divert_wire_hdr hdr = {
+		.type = DW_CTLREPLY, .version = DIVERT_WIRE_VERSION,
+	};
+	char *text;
+	char *out = NULL;
+	size_t tlen, off = 0;
+	int argc = 0, status, buf;
+
+	/* the strings: NUL-terminated, the last one too */
+	if (len > 0 && args[len - 1] != '\0') {
+		stats.bad_writes++;
+		return;
+	}
+	for (size_t i = 0; i < len && argc < CTL_MAXARGS; i += strlen(args + i) + 1)
+		argv[argc++] = args + i;
+	argv[argc] = NULL;
+	status = control_run(argc, argv, m->arg, &out);
+	text = out != NULL ? out : nomem;
+	tlen = strlen(text);
+	hdr.arg = out != NULL ? (uint32_t)status : 1;
+	buf = (int)(tlen + tlen / 4 +
+		    (tlen / DW_CTL_MAXREPLY + 1) * (sizeof(hdr) + 1024) + 65536);
+	if (tlen < 64u << 20)
+		setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUFFORCE, &buf, sizeof(buf));
+	do {
+		size_t part = tlen - off > DW_CTL_MAXREPLY ? DW_CTL_MAXREPLY
+							   : tlen - off;
+		struct iovec iov[2] = {
+			{ .iov_base = &hdr, .iov_len = sizeof(hdr) },
+			{ .iov_base = text + off, .iov_len = part },
+		};
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+
+		hdr.val = off + part < tlen;
+		if (sendmsg(c->p.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+			log_limited(&rl_client, 4, "cannot answer divertctl "
+				    "(pid %d): %s", (int)c->pid, strerror(errno));
+			break;
+		}
+		off += part;
+	} while (off < tlen);
+	free(out);
+}
+
 static void client_message(struct client *c, uint8_t *buf, size_t n)
 {
 	struct divert_wire_hdr m;
@@ -466,6 +523,9 @@ static void client_message(struct client *c, uint8_t *buf, size_t n)
 		break;
 	case DW_SETOPT:
 		client_setopt(c, &m);
+		break;
+	case DW_CTL:
+		client_control(c, &m, (char *)buf + sizeof(m), n - sizeof(m));
 		break;
 	default:
 		stats.bad_writes++;
@@ -782,4 +842,35 @@ void divert_sock_close(void)
 const struct divert_stats *divert_sock_stats(void)
 {
 	return &stats;
+}
+
+size_t divert_sock_ports(struct divert_sock_info *out, size_t max)
+{
+	size_t n = 0;
+
+	for (unsigned p = 0; p < 65536 && n < max; p++) {
+		const struct client *c = port_owner[p];
+
+		if (c == NULL)
+			continue;
+		out[n].port = (uint16_t)p;
+		out[n].pid = c->pid;
+		out[n].held = c->nheld;
+		n++;
+	}
+	return n;
+}
+
+unsigned divert_sock_clients(void)
+{
+	return nclients;
+}
+
+unsigned divert_sock_held(void)
+{
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < nclients; i++)
+		n += clients[i]->nheld;
+	return n;
 }

@@ -31,6 +31,18 @@
  *                                  arg and addr as for DW_PACKET; reply
  *                                  DW_REPLY, arg = 0 or errno, val = the
  *                                  same sequence number.
+ * divertctl connection (one request, then the replies; divertctl skips the
+ * DW_WELCOME that comes first):
+ *   client -> daemon  DW_CTL       the command's argv ("list", "add", "100",
+ *                                  ...) as NUL-terminated strings after the
+ *                                  header; arg = DW_CTL_JSON or 0.
+ *   daemon -> client  DW_CTLREPLY  arg = the exit status for divertctl,
+ *                                  the payload = output text (not
+ *                                  NUL-terminated); text longer than one
+ *                                  message comes in several, val = 1 on all
+ *                                  but the last (val = 0).
+ * Only root reaches the socket: it is mode 0600 and the daemon checks the
+ * peer's uid (SO_PEERCRED) on every connection.
  */
 #ifndef DIVERT_WIRE_H
 #define DIVERT_WIRE_H
@@ -51,7 +63,12 @@ enum divert_wire_type {
 	DW_BIND    = 4,
 	DW_REPLY   = 5,
 	DW_WRITE   = 6,
+	DW_CTL     = 7,
+	DW_CTLREPLY = 8,
 };
+
+#define DW_CTL_JSON 0x1u	/* DW_CTL arg: JSON output (list, stats, sockets) */
+#define DW_CTL_MAXREPLY 16384	/* text bytes in one DW_CTLREPLY */
 
 struct divert_wire_hdr {
 	uint16_t type;		/* enum divert_wire_type */

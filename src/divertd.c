@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,9 +89,10 @@ static void usage(FILE *f)
 "             before it is dropped (default %d)\n"
 "  -v         log debug messages\n"
 "  -h         this help\n"
-"SIGHUP re-reads FILE and replaces the rules atomically (a FILE with an\n"
-"error is refused and the running rules stay); SIGTERM or SIGINT remove\n"
-"the rules and the socket and exit 0; SIGUSR1 logs the counters.\n"
+"SIGHUP re-reads FILE and replaces the rules atomically, undoing changes\n"
+"made with divertctl(8) (a FILE with an error is refused and the running\n"
+"rules stay); SIGTERM or SIGINT remove the rules and the socket and exit\n"
+"0; SIGUSR1 logs the counters.\n"
 "Under systemd (Type=notify) readiness is sent once everything is up.\n",
 		DEFAULT_MASK, DEFAULT_HOLD_MS);
 }
@@ -226,22 +228,89 @@ static bool has_port(const uint16_t *ports, size_t n, uint16_t port)
 	return false;
 }
 
-/*
- * SIGHUP: read the config again and put it in place while traffic flows.
- * Queues for new ports are bound first, then the rules are replaced in one
- * transaction per backend table, then the ruleset divert_sock.c reads is
- * swapped, then queues no rule uses any more are unbound (what they held
- * is dropped, as on FreeBSD when a divert rule goes).  A config with an
- * error, or rules the kernel refuses, change nothing.
- */
-static void reload(const char *path, enum fw_backend backend,
-		   struct ruleset *rs, const struct mark_layout *ml)
+/* The rules in force, for the SIGHUP reload and for divertctl (control.c). */
+static struct {
+	struct ruleset *rs;		/* main()'s; divert_sock.c reads it too */
+	const struct mark_layout *ml;
+	enum fw_backend backend;
+} running;
+
+const struct ruleset *daemon_rules(void)
 {
-	struct ruleset nrs = { 0 };
+	return running.rs;
+}
+
+const struct mark_layout *daemon_layout(void)
+{
+	return running.ml;
+}
+
+bool daemon_uses_nft(void)
+{
+	return running.backend == FW_NFT;
+}
+
+/*
+ * Put nrs in place of the running rules while traffic flows; the one way
+ * rules change after start (SIGHUP's reload and divertctl's add, delete,
+ * flush).  Queues for new ports are bound first, then the rules are
+ * replaced in one transaction per backend table, then the ruleset
+ * divert_sock.c reads is swapped, then queues no rule uses any more are
+ * unbound (what they held is dropped, as on FreeBSD when a divert rule
+ * goes).  Rules the kernel refuses change nothing: -1, the reason in err.
+ * nrs is consumed either way.  what names the change in the log.
+ */
+int daemon_apply(struct ruleset *nrs, const char *what, char *err,
+		 size_t errlen)
+{
+	struct ruleset *rs = running.rs;
 	uint16_t old[MAX_PORTS], new[MAX_PORTS];
 	size_t nold, nnew, bound = 0;
+
+	nold = rules_ports(rs, old, MAX_PORTS);
+	nnew = rules_ports(nrs, new, MAX_PORTS);
+	for (size_t i = 0; i < nnew; i++) {
+		if (has_port(old, nold, new[i]))
+			continue;
+		if (nfqb_bind_queue(new[i]) < 0) {
+			snprintf(err, errlen, "cannot bind NFQUEUE queue %u "
+				 "for divert port %u", new[i], new[i]);
+			goto undo;
+		}
+		bound = i + 1;
+	}
+	if (fw_replace(running.backend, nrs, running.ml) < 0) {
+		snprintf(err, errlen, "the kernel did not take the new rules");
+		goto undo;
+	}
+	ruleset_free(rs);
+	*rs = *nrs;		/* divert_sock.c reads it through cfg->rs */
+	*nrs = (struct ruleset){ 0 };
+	for (size_t i = 0; i < nold; i++)
+		if (!has_port(new, nnew, old[i]))
+			nfqb_unbind_queue(old[i]);
+	log_info("%s: %zu rules, %zu divert ports", what, rs->n, nnew);
+	sd_notifyf(0, "STATUS=%zu rules, %zu divert ports", rs->n, nnew);
+	return 0;
+undo:
+	for (size_t i = 0; i < bound; i++)
+		if (!has_port(old, nold, new[i]))
+			nfqb_unbind_queue(new[i]);
+	ruleset_free(nrs);
+	return -1;
+}
+
+/*
+ * SIGHUP: read the config again and put it in place (daemon_apply()).  A
+ * config with an error, or rules the kernel refuses, change nothing.  The
+ * file replaces whatever divertctl changed since.
+ */
+static void reload(const char *path)
+{
+	struct ruleset nrs = { 0 };
 	struct timespec ts;
-	char err[512];
+	uint16_t ports[MAX_PORTS];
+	char err[512], what[PATH_MAX + 16];
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
@@ -252,35 +321,14 @@ static void reload(const char *path, enum fw_backend backend,
 		sd_notifyf(0, "READY=1\nSTATUS=reload refused: %s", err);
 		return;
 	}
-	nold = rules_ports(rs, old, MAX_PORTS);
-	nnew = rules_ports(&nrs, new, MAX_PORTS);
-	for (size_t i = 0; i < nnew; i++) {
-		if (has_port(old, nold, new[i]))
-			continue;
-		if (nfqb_bind_queue(new[i]) < 0)
-			goto undo;
-		bound = i + 1;
+	snprintf(what, sizeof(what), "reloaded %s", path);
+	if (daemon_apply(&nrs, what, err, sizeof(err)) < 0) {
+		log_err("reload refused, the running rules stay: %s", err);
+		sd_notifyf(0, "READY=1\nSTATUS=reload refused: %s", err);
+		return;
 	}
-	if (fw_replace(backend, &nrs, ml) < 0) {
-		log_err("reload refused, the running rules stay: the kernel "
-			"did not take the new rules");
-		goto undo;
-	}
-	ruleset_free(rs);
-	*rs = nrs;		/* divert_sock.c reads it through cfg->rs */
-	for (size_t i = 0; i < nold; i++)
-		if (!has_port(new, nnew, old[i]))
-			nfqb_unbind_queue(old[i]);
-	log_info("reloaded %s: %zu rules, %zu divert ports", path, rs->n, nnew);
-	sd_notifyf(0, "READY=1\nSTATUS=%zu rules, %zu divert ports", rs->n,
-		   nnew);
-	return;
-undo:
-	for (size_t i = 0; i < bound; i++)
-		if (!has_port(old, nold, new[i]))
-			nfqb_unbind_queue(new[i]);
-	ruleset_free(&nrs);
-	sd_notify(0, "READY=1\nSTATUS=reload refused");
+	sd_notifyf(0, "READY=1\nSTATUS=%zu rules, %zu divert ports",
+		   running.rs->n, rules_ports(running.rs, ports, MAX_PORTS));
 }
 
 int main(int argc, char **argv)
@@ -416,6 +464,9 @@ int main(int argc, char **argv)
 		log_err("cannot install the rules with %s", fw_backend_name(backend));
 		goto out_close;
 	}
+	running.rs = &rs;
+	running.ml = &ml;
+	running.backend = backend;
 	dc.socket_path = socket_path;
 	dc.rs = &rs;
 	dc.ml = &ml;
@@ -462,7 +513,7 @@ int main(int argc, char **argv)
 		}
 		if (reload_asked) {
 			reload_asked = 0;
-			reload(config_path, backend, &rs, &ml);
+			reload(config_path);
 		}
 	}
 	sd_notify(0, "STOPPING=1");

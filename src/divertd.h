@@ -8,6 +8,7 @@
  *   firewall.c     installs and removes that text (libnftables, iptables-restore)
  *   nfq_bridge.c   the only code that speaks NETLINK_NETFILTER (NFQUEUE)
  *   divert_sock.c  the only code that speaks the client protocol
+ *   control.c      the only code that runs divertctl's commands
  *   inject.c       packets written that answer no held packet
  *   cksum.c        checksum completion before a client sees a packet
  *   log.c          logging to stderr, journald-style priority prefixes
@@ -20,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <net/if.h>
+#include <sys/types.h>
 #include <netinet/in.h>
 
 /* Netlink messages we build or read outside the packet path. */
@@ -148,6 +150,10 @@ size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max);
 char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml);
 char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
 		     int family);
+/* One rule as an ipfw line ("00100 divert 8668 icmp from any to any in
+ * icmptypes 8") that config.c parses back into the same rule; malloc'd,
+ * NULL on allocation failure. */
+char *rules_format(const struct rule *r);
 
 
 /* ---- divertd.c -------------------------------------------------------- */
@@ -330,5 +336,37 @@ int divert_sock_timeout(void);
 void divert_sock_expire(void);
 void divert_sock_close(void);
 const struct divert_stats *divert_sock_stats(void);
+/* What divertctl's "sockets" shows: one entry per bound port, ascending. */
+struct divert_sock_info {
+	uint16_t port;
+	pid_t pid;			/* the process that connected */
+	unsigned held;			/* packets read, not yet written back */
+};
+size_t divert_sock_ports(struct divert_sock_info *out, size_t max);
+/* Clients connected (divert sockets, write channels, requests). */
+unsigned divert_sock_clients(void);
+/* Packets held, all clients. */
+unsigned divert_sock_held(void);
+
+/* ---- divertd.c: the rules in force (reload, divertctl) ----------------- */
+
+const struct ruleset *daemon_rules(void);
+const struct mark_layout *daemon_layout(void);
+bool daemon_uses_nft(void);
+/* Put nrs in place of the running rules while traffic flows, as SIGHUP
+ * does: new queues bound first, one transaction per backend table, the
+ * ruleset swapped, unused queues unbound.  0, or -1 with the reason in err
+ * and nothing changed.  nrs is consumed either way; what names the change
+ * in the log. */
+int daemon_apply(struct ruleset *nrs, const char *what, char *err,
+		 size_t errlen);
+
+/* ---- control.c -------------------------------------------------------- */
+
+/* Run one divertctl command.  argv: the request's strings; flags:
+ * DW_CTL_* from divert_wire.h.  Returns the exit status for divertctl and
+ * its output in *out (malloc'd, NUL-terminated; NULL when memory ran out,
+ * the status is then 1). */
+int control_run(int argc, char **argv, unsigned flags, char **out);
 
 #endif /* DIVERTD_H */

@@ -1003,3 +1003,125 @@ done:
 	free(out);
 	return text;
 }
+
+/* ---- back to ipfw text (divertctl list) ---------------------------------- */
+
+/*
+ * One rule as an ipfw line, "00100 divert 8668 icmp from any to any in
+ * icmptypes 8": what config.c reads gives the same struct rule back (the
+ * protocol word names the families the rule matches when its addresses do
+ * not already say so; a host prefix is written without /32 or /128).
+ */
+static void fmt_endpoint(struct sbuf *sb, const struct rule_addr *a)
+{
+	char s[INET6_ADDRSTRLEN];
+
+	sb_printf(sb, " %s", a->neg ? "not " : "");
+	switch (a->kind) {
+	case ADDR_ANY:
+		sb_printf(sb, "any");
+		break;
+	case ADDR_ME:
+		sb_printf(sb, "me");
+		break;
+	case ADDR_ME6:
+		sb_printf(sb, "me6");
+		break;
+	case ADDR_PREFIX:
+		inet_ntop(a->family, &a->addr, s, sizeof(s));
+		if (a->plen == (a->family == AF_INET ? 32 : 128))
+			sb_printf(sb, "%s", s);
+		else
+			sb_printf(sb, "%s/%d", s, a->plen);
+		break;
+	}
+	for (int i = 0; i < a->nports; i++) {
+		sb_printf(sb, "%s%u", i == 0 ? " " : ",", a->ports[i].lo);
+		if (a->ports[i].hi != a->ports[i].lo)
+			sb_printf(sb, "-%u", a->ports[i].hi);
+	}
+}
+
+static unsigned endpoint_fams(const struct rule_addr *a)
+{
+	if (a->kind == ADDR_ME)
+		return FAM_V4;
+	if (a->kind == ADDR_ME6)
+		return FAM_V6;
+	if (a->kind == ADDR_PREFIX)
+		return a->family == AF_INET ? FAM_V4 : FAM_V6;
+	return FAM_V4 | FAM_V6;
+}
+
+static const char *fmt_proto(const struct rule *r, char *buf, size_t len)
+{
+	static const struct { int proto; const char *name; } names[] = {
+		{ IPPROTO_TCP, "tcp" }, { IPPROTO_UDP, "udp" },
+		{ IPPROTO_ICMP, "icmp" }, { IPPROTO_ICMPV6, "ipv6-icmp" },
+		{ IPPROTO_GRE, "gre" }, { IPPROTO_ESP, "esp" },
+		{ IPPROTO_AH, "ah" }, { IPPROTO_SCTP, "sctp" },
+		{ IPPROTO_UDPLITE, "udplite" },
+	};
+
+	if (r->proto == PROTO_ANY) {
+		unsigned implied = endpoint_fams(&r->src) & endpoint_fams(&r->dst);
+
+		if (implied == r->families)
+			return "ip";
+		return r->families == FAM_V4 ? "ip4" : "ip6";
+	}
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (names[i].proto == r->proto)
+			return names[i].name;
+	snprintf(buf, len, "%d", r->proto);
+	return buf;
+}
+
+char *rules_format(const struct rule *r)
+{
+	static const char *const iface_word[] = {
+		[IFACE_VIA] = "via", [IFACE_RECV] = "recv",
+		[IFACE_XMIT] = "xmit",
+	};
+	struct sbuf sb = { 0 };
+	char pbuf[8];
+
+	sb_printf(&sb, "%05u ", r->num);
+	switch (r->action) {
+	case ACT_DIVERT:
+		sb_printf(&sb, "divert %u", r->arg);
+		break;
+	case ACT_TEE:
+		sb_printf(&sb, "tee %u", r->arg);
+		break;
+	case ACT_ALLOW:
+		sb_printf(&sb, "allow");
+		break;
+	case ACT_DENY:
+		sb_printf(&sb, "deny");
+		break;
+	case ACT_COUNT:
+		sb_printf(&sb, "count");
+		break;
+	case ACT_SKIPTO:
+		sb_printf(&sb, "skipto %u", r->arg);
+		break;
+	}
+	sb_printf(&sb, " %s from", fmt_proto(r, pbuf, sizeof(pbuf)));
+	fmt_endpoint(&sb, &r->src);
+	sb_printf(&sb, " to");
+	fmt_endpoint(&sb, &r->dst);
+	if (r->dirs == DIR_IN)
+		sb_printf(&sb, " in");
+	else if (r->dirs == DIR_OUT)
+		sb_printf(&sb, " out");
+	for (int i = 0; i < r->nifaces; i++)
+		sb_printf(&sb, " %s%s %s", r->ifaces[i].neg ? "not " : "",
+			  iface_word[r->ifaces[i].kind], r->ifaces[i].name);
+	for (int i = 0; i < r->nicmptypes; i++)
+		sb_printf(&sb, "%s%u",
+			  i > 0 ? "," : r->icmptypes_neg ? " not icmptypes "
+							 : " icmptypes ",
+			  r->icmptypes[i]);
+	return sb_take(&sb);
+}

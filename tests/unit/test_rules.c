@@ -578,6 +578,146 @@ static void test_empty_ruleset(void **state)
 	free(nft);
 }
 
+/* ---- rules_format: back to ipfw text ------------------------------------ */
+
+static void assert_addr_equal(const struct rule_addr *a, const struct rule_addr *b)
+{
+	assert_int_equal(a->kind, b->kind);
+	assert_int_equal(a->neg, b->neg);
+	if (a->kind == ADDR_PREFIX) {
+		assert_int_equal(a->family, b->family);
+		assert_int_equal(a->plen, b->plen);
+		assert_memory_equal(&a->addr, &b->addr,
+				    a->family == AF_INET ? 4 : 16);
+	}
+	assert_int_equal(a->nports, b->nports);
+	for (int i = 0; i < a->nports; i++) {
+		assert_int_equal(a->ports[i].lo, b->ports[i].lo);
+		assert_int_equal(a->ports[i].hi, b->ports[i].hi);
+	}
+}
+
+static void assert_rule_equal(const struct rule *a, const struct rule *b)
+{
+	assert_int_equal(a->num, b->num);
+	assert_int_equal(a->action, b->action);
+	assert_int_equal(a->arg, b->arg);
+	assert_int_equal(a->proto, b->proto);
+	assert_int_equal(a->families, b->families);
+	assert_int_equal(a->dirs, b->dirs);
+	assert_addr_equal(&a->src, &b->src);
+	assert_addr_equal(&a->dst, &b->dst);
+	assert_int_equal(a->nifaces, b->nifaces);
+	for (int i = 0; i < a->nifaces; i++) {
+		assert_int_equal(a->ifaces[i].kind, b->ifaces[i].kind);
+		assert_int_equal(a->ifaces[i].neg, b->ifaces[i].neg);
+		assert_string_equal(a->ifaces[i].name, b->ifaces[i].name);
+	}
+	assert_int_equal(a->nicmptypes, b->nicmptypes);
+	assert_memory_equal(a->icmptypes, b->icmptypes, (size_t)a->nicmptypes);
+	if (a->nicmptypes > 0)
+		assert_int_equal(a->icmptypes_neg, b->icmptypes_neg);
+}
+
+/* Parse, format every rule, parse that text again: the same rules, and
+ * formatting the second parse gives the same text. */
+static void round_trip(const char *text)
+{
+	struct ruleset a = parse(text), b;
+	char *out = NULL, *again = NULL;
+	size_t len = 0, len2 = 0;
+
+	for (size_t i = 0; i < a.n; i++) {
+		char *line = rules_format(&a.rules[i]);
+
+		assert_non_null(line);
+		out = realloc(out, len + strlen(line) + 2);
+		assert_non_null(out);
+		len += (size_t)sprintf(out + len, "%s\n", line);
+		free(line);
+	}
+	b = parse(out ? out : "");
+	assert_int_equal(a.n, b.n);
+	for (size_t i = 0; i < a.n; i++) {
+		char *line = rules_format(&b.rules[i]);
+
+		assert_rule_equal(&a.rules[i], &b.rules[i]);
+		again = realloc(again, len2 + strlen(line) + 2);
+		assert_non_null(again);
+		len2 += (size_t)sprintf(again + len2, "%s\n", line);
+		free(line);
+	}
+	if (a.n > 0)
+		assert_string_equal(out, again);
+	free(out);
+	free(again);
+	ruleset_free(&a);
+	ruleset_free(&b);
+}
+
+static void test_format_text(void **state)
+{
+	struct ruleset rs = parse(
+		"100 divert 8668 icmp from any to any in icmptypes 8\n"
+		"tee 9000 tcp from not 10.1.2.3/8 80,443,1000-2000 to me 22 out\n"
+		"300 allow ip4 from any to any not via eth0 recv lo\n"
+		"400 deny ip from 2001:db8::1 to 2001:db8::/32\n"
+		"500 skipto 700 ipv6-icmp from any to me6 not icmptypes 128,129\n"
+		"600 count 47 from any to any\n"
+		"650 allow ip6 from any to any\n"
+		"660 allow 253 from 192.0.2.1/32 to any\n");
+	static const char *const want[] = {
+		"00100 divert 8668 icmp from any to any in icmptypes 8",
+		"00200 tee 9000 tcp from not 10.0.0.0/8 80,443,1000-2000 to me 22 out",
+		"00300 allow ip4 from any to any not via eth0 recv lo",
+		"00400 deny ip from 2001:db8::1 to 2001:db8::/32",
+		"00500 skipto 700 ipv6-icmp from any to me6 not icmptypes 128,129",
+		"00600 count gre from any to any",
+		"00650 allow ip6 from any to any",
+		"00660 allow 253 from 192.0.2.1 to any",
+	};
+
+	(void)state;
+	assert_int_equal(rs.n, sizeof(want) / sizeof(want[0]));
+	for (size_t i = 0; i < rs.n; i++) {
+		char *line = rules_format(&rs.rules[i]);
+
+		assert_string_equal(line, want[i]);
+		free(line);
+	}
+	ruleset_free(&rs);
+}
+
+static void test_format_round_trip(void **state)
+{
+	const char *srcdir = getenv("DIVERTD_SRCDIR");
+	char path[4096];
+
+	(void)state;
+	round_trip("100 divert 8668 icmp from any to any in icmptypes 8\n");
+	round_trip("1 allow udp from any 0,53,65535 to not ::/0 1-2 not out\n"
+		   "65534 deny ipv6 from me6 to any xmit veth0 via eth0.5\n"
+		   "10 skipto 65535 ip from me to 198.51.100.0/24 not recv a@b\n"
+		   "20 tee 1 icmp from any to any not icmptypes 0,3,8\n"
+		   "30 count 0 from any to any\n"
+		   "40 divert 65535 udplite from any to any in\n"
+		   "50 allow ip4 from not me to any\n"
+		   "60 allow ip from 2001:db8::/127 to any\n");
+	if (srcdir == NULL)
+		srcdir = ".";
+	/* every config the golden tests know */
+	for (size_t i = 0; i < sizeof(golden_cases) / sizeof(golden_cases[0]); i++) {
+		char *text;
+
+		snprintf(path, sizeof(path), "%s/%s.conf", srcdir, golden_cases[i]);
+		text = read_all(path);
+		if (text == NULL)
+			fail_msg("cannot read %s", path);
+		round_trip(text);
+		free(text);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -595,6 +735,8 @@ int main(void)
 		cmocka_unit_test(test_skipto_targets),
 		cmocka_unit_test(test_empty_ruleset),
 		cmocka_unit_test(test_golden),
+		cmocka_unit_test(test_format_text),
+		cmocka_unit_test(test_format_round_trip),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,478 @@
+/*
+ * control.c: divertctl's commands.  The only code that runs them.
+ *
+ * Theory of operation.  divertctl(8) is ipfw's habits for divertd: it
+ * connects to divertd's UNIX socket like any client, sends its command line
+ * as one DW_CTL message and prints the DW_CTLREPLY text it gets back, with
+ * the exit status the reply carries.  divert_sock.c speaks that protocol;
+ * it hands the strings here and sends back what comes out.  Only root gets
+ * that far: the socket is mode 0600 and divert_sock.c refuses any peer
+ * whose uid (SO_PEERCRED) is not 0.
+ *
+ * What flows through here, one request at a time, inside the poll loop (so
+ * nothing else runs while a command does):
+ *   - reads of the daemon's state: the rules in force (daemon_rules(),
+ *     printed back as ipfw lines by rules_format()), the generated firewall
+ *     text (rules.c), the counters (divert_sock.c, nfq_bridge.c), the bound
+ *     ports and who holds them (divert_sock.c; a program's name is read
+ *     from /proc/PID/comm now, never kept);
+ *   - changes to the rules (add, delete, flush): a new ruleset is built from
+ *     the one in force and put in place by daemon_apply(), the same path a
+ *     SIGHUP reload takes (queues bound first, one transaction per backend
+ *     table, the ruleset swapped, unused queues unbound).  A rule that does
+ *     not parse, or rules the kernel refuses, change nothing and come back
+ *     as exit status 1 with the reason.  As with ipfw, the config file is
+ *     not written: the next SIGHUP (or start) puts the file's rules back.
+ * With DW_CTL_JSON, list, stats and sockets answer in JSON (jansson).
+ * Status 0: done; 1: refused (the text says why); 2: not a command.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "divertd.h"
+#include "divert_wire.h"
+
+#define RULE_NUM_MAX 65534u
+#define AUTOINC_STEP 100u	/* ipfw's net.inet.ip.fw.autoinc_step */
+#define MAX_SOCKETS 65536
+
+/* The reply being written: text (or JSON) into a memory stream. */
+struct ctl {
+	FILE *f;
+	bool json;
+};
+
+static int usage_error(struct ctl *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static int usage_error(struct ctl *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vfprintf(c->f, fmt, ap);
+	va_end(ap);
+	fputs("\ncommands: list, add [NUM] RULE, delete NUM..., flush, stats, "
+	      "sockets, rules [--nft | --iptables]\n", c->f);
+	return 2;
+}
+
+/* Print root as JSON; 0, or 1 when memory ran out. */
+static int put_json(struct ctl *c, json_t *root)
+{
+	char *s = root != NULL ? json_dumps(root, JSON_INDENT(2)) : NULL;
+
+	json_decref(root);
+	if (s == NULL) {
+		fputs("divertd: out of memory\n", c->f);
+		return 1;
+	}
+	fprintf(c->f, "%s\n", s);
+	free(s);
+	return 0;
+}
+
+/* ---- list ------------------------------------------------------------- */
+
+static const char *action_word(enum rule_action a)
+{
+	switch (a) {
+	case ACT_DIVERT: return "divert";
+	case ACT_TEE: return "tee";
+	case ACT_ALLOW: return "allow";
+	case ACT_DENY: return "deny";
+	case ACT_COUNT: return "count";
+	case ACT_SKIPTO: return "skipto";
+	}
+	return "?";
+}
+
+static int cmd_list(struct ctl *c)
+{
+	const struct ruleset *rs = daemon_rules();
+	json_t *arr = c->json ? json_array() : NULL;
+
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+		char *line = rules_format(r);
+
+		if (line == NULL) {
+			json_decref(arr);
+			fputs("divertd: out of memory\n", c->f);
+			return 1;
+		}
+		if (arr != NULL) {
+			json_t *o = json_pack("{s:i, s:s, s:s}", "number",
+					      (int)r->num, "action",
+					      action_word(r->action), "rule", line);
+
+			if (o != NULL && (r->action == ACT_DIVERT || r->action == ACT_TEE))
+				json_object_set_new(o, "port", json_integer(r->arg));
+			if (o != NULL && r->action == ACT_SKIPTO)
+				json_object_set_new(o, "target", json_integer(r->arg));
+			json_array_append_new(arr, o);
+		} else {
+			fprintf(c->f, "%s\n", line);
+		}
+		free(line);
+	}
+	return arr != NULL ? put_json(c, arr) : 0;
+}
+
+/* ---- add, delete, flush ------------------------------------------------ */
+
+static bool all_digits(const char *s)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return false;
+	return true;
+}
+
+/* Put nrs in force; what the change was goes into the log. */
+static int apply(struct ctl *c, struct ruleset *nrs, const char *cmd,
+		 const char *what)
+{
+	char err[512], logged[128];
+
+	snprintf(logged, sizeof(logged), "divertctl %s", what);
+	if (daemon_apply(nrs, logged, err, sizeof(err)) < 0) {
+		fprintf(c->f, "%s: %s; nothing changed\n", cmd, err);
+		return 1;
+	}
+	return 0;
+}
+
+/* add [NUM] ACTION ...: one rule in the config's syntax, after every rule
+ * with its number; without a number, the last rule's number plus 100. */
+static int cmd_add(struct ctl *c, int argc, char **argv)
+{
+	const struct ruleset *rs = daemon_rules();
+	struct ruleset one = { 0 }, nrs = { 0 };
+	char *text = NULL, err[512], what[32];
+	size_t len = 0, at;
+	FILE *t;
+	int rc = 1;
+
+	if (argc < 2) {
+		fputs("add: missing rule (add [NUM] ACTION PROTO from SRC to "
+		      "DST [OPTIONS])\n", c->f);
+		return 1;
+	}
+	t = open_memstream(&text, &len);
+	if (t == NULL)
+		goto nomem;
+	if (!all_digits(argv[1])) {
+		unsigned last = rs->n > 0 ? rs->rules[rs->n - 1].num : 0;
+
+		if (last + AUTOINC_STEP > RULE_NUM_MAX) {
+			fclose(t);
+			free(text);
+			fprintf(c->f, "add: automatic rule number %u is above "
+				"%u: give the rule a number\n",
+				last + AUTOINC_STEP, RULE_NUM_MAX);
+			return 1;
+		}
+		fprintf(t, "%u", last + AUTOINC_STEP);
+	}
+	for (int i = 1; i < argc; i++) {
+		if (strpbrk(argv[i], "\n#") != NULL) {
+			fclose(t);
+			free(text);
+			fputs("add: a rule is one line without comments\n",
+			      c->f);
+			return 1;
+		}
+		fprintf(t, "%s%s", ftell(t) > 0 ? " " : "", argv[i]);
+	}
+	if (fclose(t) != 0)
+		goto nomem;
+	if (config_parse_string(text, "add", &one, err, sizeof(err)) < 0) {
+		/* "add:1: what" -> "add: what" */
+		const char *msg = strncmp(err, "add:1: ", 7) == 0 ? err + 7 : err;
+
+		fprintf(c->f, "add: %s\n", msg);
+		goto out;
+	}
+	if (one.n != 1) {
+		fputs("add: missing rule\n", c->f);
+		goto out;
+	}
+	nrs.rules = calloc(rs->n + 1, sizeof(*nrs.rules));
+	if (nrs.rules == NULL)
+		goto nomem;
+	for (at = 0; at < rs->n && rs->rules[at].num <= one.rules[0].num; at++)
+		;
+	memcpy(nrs.rules, rs->rules, at * sizeof(*nrs.rules));
+	nrs.rules[at] = one.rules[0];
+	nrs.rules[at].line = 0;
+	memcpy(nrs.rules + at + 1, rs->rules + at,
+	       (rs->n - at) * sizeof(*nrs.rules));
+	nrs.n = rs->n + 1;
+	snprintf(what, sizeof(what), "add %05u", one.rules[0].num);
+	rc = apply(c, &nrs, "add", what);
+	if (rc == 0) {
+		char *line = rules_format(&one.rules[0]);
+
+		/* ipfw add prints the rule it added */
+		if (line != NULL)
+			fprintf(c->f, "%s\n", line);
+		free(line);
+	}
+	goto out;
+nomem:
+	fputs("divertd: out of memory\n", c->f);
+	rc = 1;
+out:
+	free(text);
+	ruleset_free(&one);
+	return rc;
+}
+
+/* delete NUM...: every rule with each number; a number no rule has is an
+ * error, and then nothing is deleted. */
+static int cmd_delete(struct ctl *c, int argc, char **argv)
+{
+	const struct ruleset *rs = daemon_rules();
+	struct ruleset nrs = { 0 };
+	static uint8_t gone[(RULE_NUM_MAX + 1) / 8 + 1];
+	char what[32];
+
+	if (argc < 2) {
+		fputs("delete: missing rule number\n", c->f);
+		return 1;
+	}
+	memset(gone, 0, sizeof(gone));
+	for (int i = 1; i < argc; i++) {
+		unsigned long v = all_digits(argv[i]) && strlen(argv[i]) < 6
+				  ? strtoul(argv[i], NULL, 10) : 0;
+		bool found = false;
+
+		if (v < 1 || v > RULE_NUM_MAX) {
+			fprintf(c->f, "delete: '%s' is not a rule number "
+				"(1..%u)\n", argv[i], RULE_NUM_MAX);
+			return 1;
+		}
+		for (size_t k = 0; k < rs->n && !found; k++)
+			found = rs->rules[k].num == v;
+		if (!found) {
+			fprintf(c->f, "delete: no rule numbered %lu; nothing "
+				"changed\n", v);
+			return 1;
+		}
+		gone[v / 8] |= (uint8_t)(1u << (v % 8));
+	}
+	nrs.rules = calloc(rs->n > 0 ? rs->n : 1, sizeof(*nrs.rules));
+	if (nrs.rules == NULL) {
+		fputs("divertd: out of memory\n", c->f);
+		return 1;
+	}
+	for (size_t k = 0; k < rs->n; k++) {
+		unsigned v = rs->rules[k].num;
+
+		if (!(gone[v / 8] & (1u << (v % 8))))
+			nrs.rules[nrs.n++] = rs->rules[k];
+	}
+	snprintf(what, sizeof(what), "delete %s%s", argv[1],
+		 argc > 2 ? " ..." : "");
+	return apply(c, &nrs, "delete", what);
+}
+
+static int cmd_flush(struct ctl *c)
+{
+	struct ruleset nrs = { 0 };
+
+	return apply(c, &nrs, "flush", "flush");
+}
+
+/* ---- stats and sockets ------------------------------------------------- */
+
+static int cmd_stats(struct ctl *c)
+{
+	const struct divert_stats *s = divert_sock_stats();
+	const struct nfqb_stats *q = nfqb_stats();
+	const struct {
+		const char *name;
+		uint64_t v;
+	} counters[] = {
+		{ "received", q->received },
+		{ "diverted", s->diverted },
+		{ "teed", s->teed },
+		{ "no_socket", s->noport },
+		{ "full", s->full },
+		{ "reinjected_out", s->reinjected_out },
+		{ "reinjected_in", s->reinjected_in },
+		{ "injected_out", s->injected_out },
+		{ "injected_in", s->injected_in },
+		{ "inject_errors", s->inject_errors },
+		{ "expired", s->expired },
+		{ "evicted", s->evicted },
+		{ "bad_writes", s->bad_writes },
+		{ "bad_checksums", s->bad_cksum_in },
+		{ "no_interface", s->no_iface },
+		{ "channel_writes", s->channel_writes },
+		{ "verdicts", q->verdicts },
+		{ "verdict_errors", q->verdict_errors },
+		{ "malformed", q->malformed },
+		{ "kernel_drops", q->kernel_drops },
+		{ "held", divert_sock_held() },
+		{ "clients", divert_sock_clients() },
+		{ "rules", daemon_rules()->n },
+	};
+	const char *backend = daemon_uses_nft() ? "nftables" : "iptables";
+	size_t n = sizeof(counters) / sizeof(counters[0]);
+
+	if (c->json) {
+		json_t *o = json_object();
+
+		for (size_t i = 0; i < n && o != NULL; i++)
+			json_object_set_new(o, counters[i].name,
+					    json_integer((json_int_t)counters[i].v));
+		if (o != NULL)
+			json_object_set_new(o, "backend", json_string(backend));
+		return put_json(c, o);
+	}
+	for (size_t i = 0; i < n; i++)
+		fprintf(c->f, "%-16s %llu\n", counters[i].name,
+			(unsigned long long)counters[i].v);
+	fprintf(c->f, "%-16s %s\n", "backend", backend);
+	return 0;
+}
+
+/* The program's name as the kernel has it now ("?" when it is gone). */
+static void program_name(pid_t pid, char *buf, size_t len)
+{
+	char path[64];
+	FILE *f;
+
+	snprintf(buf, len, "?");
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	f = fopen(path, "re");
+	if (f == NULL)
+		return;
+	if (fgets(buf, (int)len, f) == NULL)
+		snprintf(buf, len, "?");
+	buf[strcspn(buf, "\n")] = '\0';
+	fclose(f);
+}
+
+static int cmd_sockets(struct ctl *c)
+{
+	struct divert_sock_info *info = calloc(MAX_SOCKETS, sizeof(*info));
+	json_t *arr = c->json ? json_array() : NULL;
+	size_t n;
+	char name[64];
+
+	if (info == NULL) {
+		json_decref(arr);
+		fputs("divertd: out of memory\n", c->f);
+		return 1;
+	}
+	n = divert_sock_ports(info, MAX_SOCKETS);
+	if (arr == NULL)
+		fprintf(c->f, "%5s %8s %-16s %6s\n", "PORT", "PID", "PROGRAM",
+			"HELD");
+	for (size_t i = 0; i < n; i++) {
+		program_name(info[i].pid, name, sizeof(name));
+		if (arr != NULL)
+			json_array_append_new(arr, json_pack("{s:i, s:i, s:s, s:i}",
+				"port", (int)info[i].port,
+				"pid", (int)info[i].pid,
+				"program", name,
+				"held", (int)info[i].held));
+		else
+			fprintf(c->f, "%5u %8d %-16s %6u\n", info[i].port,
+				(int)info[i].pid, name, info[i].held);
+	}
+	free(info);
+	return arr != NULL ? put_json(c, arr) : 0;
+}
+
+/* ---- rules: the generated firewall text -------------------------------- */
+
+static int cmd_rules(struct ctl *c, int argc, char **argv)
+{
+	const struct ruleset *rs = daemon_rules();
+	const struct mark_layout *ml = daemon_layout();
+	bool nft = daemon_uses_nft();
+	char *t1, *t2 = NULL;
+	int rc = 0;
+
+	if (argc > 2)
+		return usage_error(c, "rules: one of --nft or --iptables");
+	if (argc == 2) {
+		if (strcmp(argv[1], "--nft") == 0 || strcmp(argv[1], "--nftables") == 0)
+			nft = true;
+		else if (strcmp(argv[1], "--iptables") == 0)
+			nft = false;
+		else
+			return usage_error(c, "rules: unknown option '%s'", argv[1]);
+	}
+	if (nft) {
+		t1 = rules_nft_text(rs, ml);
+		if (t1 != NULL)
+			fprintf(c->f, "# nftables: nft -f -\n%s", t1);
+	} else {
+		t1 = rules_ipt_text(rs, ml, 4);
+		t2 = rules_ipt_text(rs, ml, 6);
+		if (t1 != NULL && t2 != NULL)
+			/* as divertd -n prints them */
+			fprintf(c->f, "# iptables: iptables-restore --noflush\n%s\n"
+				"# ip6tables: ip6tables-restore --noflush\n%s",
+				t1, t2);
+		else
+			rc = 1;
+	}
+	if (t1 == NULL || rc != 0) {
+		fputs("divertd: out of memory\n", c->f);
+		rc = 1;
+	}
+	free(t1);
+	free(t2);
+	return rc;
+}
+
+/* ---- one request ------------------------------------------------------- */
+
+int control_run(int argc, char **argv, unsigned flags, char **out)
+{
+	struct ctl c = { .json = (flags & DW_CTL_JSON) != 0 };
+	size_t len = 0;
+	const char *cmd;
+	int rc;
+
+	*out = NULL;
+	c.f = open_memstream(out, &len);
+	if (c.f == NULL)
+		return 1;
+	cmd = argc > 0 ? argv[0] : "";
+	if (strcmp(cmd, "list") == 0 && argc == 1)
+		rc = cmd_list(&c);
+	else if (strcmp(cmd, "add") == 0)
+		rc = cmd_add(&c, argc, argv);
+	else if (strcmp(cmd, "delete") == 0)
+		rc = cmd_delete(&c, argc, argv);
+	else if (strcmp(cmd, "flush") == 0 && argc == 1)
+		rc = cmd_flush(&c);
+	else if (strcmp(cmd, "stats") == 0 && argc == 1)
+		rc = cmd_stats(&c);
+	else if (strcmp(cmd, "sockets") == 0 && argc == 1)
+		rc = cmd_sockets(&c);
+	else if (strcmp(cmd, "rules") == 0)
+		rc = cmd_rules(&c, argc, argv);
+	else if (argc == 0)
+		rc = usage_error(&c, "missing command");
+	else
+		rc = usage_error(&c, "unknown command or arguments: '%s'", cmd);
+	if (fclose(c.f) != 0) {
+		free(*out);
+		*out = NULL;
+		return 1;
+	}
+	return rc;
+}
