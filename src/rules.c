@@ -35,6 +35,7 @@
  * options as it likes; "xmit" can never match an incoming packet.
  */
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,6 +114,10 @@ size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max)
 
 /* ---- tee ----------------------------------------------------------------- */
 
+/* The tag of a packet that is done with our rules (allow, or a skipto past
+ * the last rule): no guard lets it into another segment. */
+#define TAG_DONE 65535u
+
 /*
  * A tee lets the original go on at the very next rule, which may share the
  * tee's number; a rule number in the mark could only resume after all of
@@ -149,7 +154,7 @@ static unsigned tee_index(const struct ruleset *rs, const struct rule *r)
 
 static uint16_t tee_value_k(const struct ruleset *rs, unsigned k)
 {
-	unsigned v = 65536, left = k + 1;
+	unsigned v = TAG_DONE, left = k + 1;
 
 	while (left > 0) {
 		v--;
@@ -174,7 +179,9 @@ const struct rule *rules_find_tee_rule(const struct ruleset *rs,
 	for (size_t i = rs->n; i > 0 && rs->rules[i - 1].num > value; i--)
 		if (i == rs->n || rs->rules[i].num != rs->rules[i - 1].num)
 			above++;	/* distinct rule numbers above value */
-	k = 65535u - value - above;
+	if (value >= TAG_DONE)
+		return NULL;
+	k = (TAG_DONE - 1u) - value - above;
 	for (size_t i = 0; i < rs->n; i++) {
 		const struct rule *r = &rs->rules[i];
 
@@ -367,15 +374,6 @@ static size_t collect_numbers(const struct ruleset *rs, int pass,
 	return n;
 }
 
-/* First segment numbered >= num, or -1 (the pass's end chain). */
-static long first_seg_from(const uint16_t *segs, size_t n, unsigned num)
-{
-	for (size_t i = 0; i < n; i++)
-		if (segs[i] >= num)
-			return (long)i;
-	return -1;
-}
-
 /* Port lists and icmptypes, sorted, overlaps merged, duplicates removed, so
  * that splitting a list across several rules never counts a packet twice. */
 static int port_cmp(const void *a, const void *b)
@@ -518,6 +516,13 @@ static void ipt_side(struct sbuf *sb, const struct iface_side *s, char opt)
 	/* two or more negated names: escape lines, see ipt_rule() */
 }
 
+/* The tag a skipto sets: the last rule number below its target, so the
+ * driver's guards resume at the first rule numbered >= the target. */
+static unsigned skipto_tag(const struct ruleset *rs, const struct rule *r)
+{
+	return rules_resume_tag(rs, (uint16_t)(r->arg - 1u));
+}
+
 /* The mark a divert or tee rule puts on the packets it queues. */
 static unsigned mark_value(const struct ruleset *rs, const struct rule *r)
 {
@@ -578,7 +583,9 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 			 tagmark(ml, mark_value(c->rs, r)), ml->mask);
 		break;
 	case ACT_ALLOW:
-		snprintf(target, sizeof(target), " -g divertd-%s-end", pw);
+		snprintf(target, sizeof(target),
+			 " -j MARK --set-xmark 0x%x/0x%x",
+			 tagmark(ml, TAG_DONE), ml->mask);
 		break;
 	case ACT_DENY:
 		snprintf(target, sizeof(target), " -j DROP");
@@ -587,9 +594,9 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 		target[0] = '\0';
 		break;
 	case ACT_SKIPTO:
-		strcpy(target, " -g ");
-		ipt_chain(target + 4, sizeof(target) - 4, c->pass,
-			  first_seg_from(c->segs, c->nsegs, r->arg), c->segs);
+		snprintf(target, sizeof(target),
+			 " -j MARK --set-xmark 0x%x/0x%x",
+			 tagmark(ml, skipto_tag(c->rs, r)), ml->mask);
 		break;
 	}
 
@@ -645,49 +652,71 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j NFQUEUE "
 			  "--queue-num %u\n", chain,
 			  tagmark(ml, mark_value(c->rs, r)), ml->mask, r->arg);
+	if (r->action == ACT_ALLOW || r->action == ACT_SKIPTO)
+		/* back to the driver, whose guards now pass it on */
+		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j RETURN\n",
+			  chain, tagmark(ml, r->action == ACT_ALLOW ? TAG_DONE :
+					 skipto_tag(c->rs, r)), ml->mask);
 
 	if (pl.in.nneg > 1 || pl.out.nneg > 1) {
 		sb_printf(c->body, "-A %s -g %s\n", chain, cont);
 		snprintf(chain, chainlen, "%s", cont);
 	}
 	if (r->action == ACT_TEE) {
-		/* the rest of the segment, where the original resumes */
+		/* the rest of the segment, where the original resumes: its
+		 * tag becomes the rule number again, so the driver's later
+		 * guards let it on */
 		ipt_tee_chain(cont, sizeof(cont), c->pass, c->rs, r);
 		sb_printf(c->decl, ":%s - [0:0]\n", cont);
 		sb_printf(c->body, "-A %s -g %s\n", chain, cont);
+		sb_printf(c->body, "-A %s -j MARK --set-xmark 0x%x/0x%x\n", cont,
+			  tagmark(ml, r->num), ml->mask);
 		snprintf(chain, chainlen, "%s", cont);
 	}
 }
 
+/*
+ * One pass: a driver chain that runs the segments in order, each behind a
+ * guard that lets in only packets whose tag is below the segment's number
+ * (a classic BPF program reading the mark: xt_mark only compares for
+ * equality), so a packet written back with tag N resumes at the first
+ * segment above N, and allow / skipto only have to raise the tag.  Every
+ * segment is one jump deep: nf_tables refuses chains of jumps and gotos
+ * deeper than 16, which a chain of segments each going to the next would
+ * reach at 14 rule numbers.
+ */
 static void ipt_pass(struct ipt_ctx *c, const uint16_t *all, size_t nall)
 {
 	const char *pw = pass_word[c->pass];
 	char chain[64], next[64];
 	size_t i = 0;
 
+	(void)all;
+	(void)nall;
 	sb_printf(c->decl, ":divertd-%s - [0:0]\n", pw);
 	sb_printf(c->body, "-A divertd-%s -m conntrack --ctstate UNTRACKED "
 		  "-m comment --comment \"activates defragmentation\"\n", pw);
-	for (size_t k = 0; k < nall; k++) {
-		ipt_chain(next, sizeof(next), c->pass,
-			  first_seg_from(c->segs, c->nsegs, all[k] + 1u),
-			  c->segs);
-		sb_printf(c->body, "-A divertd-%s -m mark --mark 0x%x/0x%x "
-			  "-g %s\n", pw, tagmark(c->ml, all[k]), c->ml->mask,
-			  next);
-	}
-	for (size_t k = 0; k < c->rs->n; k++) {
-		const struct rule *r = &c->rs->rules[k];
+	for (size_t s = 0; s < c->nsegs; s++) {
+		ipt_chain(chain, sizeof(chain), c->pass, (long)s, c->segs);
+		sb_printf(c->body, "-A divertd-%s -m bpf --bytecode \"5,32 0 0 "
+			  "%u,84 0 0 %u,53 1 0 %u,6 0 0 1,6 0 0 0\" -j %s\n", pw,
+			  (unsigned)(SKF_AD_OFF + SKF_AD_MARK),
+			  c->ml->mask, tagmark(c->ml, c->segs[s]), chain);
+		for (size_t k = 0; k < c->rs->n; k++) {
+			const struct rule *r = &c->rs->rules[k];
 
-		if (r->action != ACT_TEE || !rule_present(r, c->pass, c->fam))
-			continue;
-		ipt_tee_chain(next, sizeof(next), c->pass, c->rs, r);
-		sb_printf(c->body, "-A divertd-%s -m mark --mark 0x%x/0x%x "
-			  "-g %s\n", pw, tagmark(c->ml, rules_tee_value(c->rs, r)),
-			  c->ml->mask, next);
+			if (r->num != c->segs[s] || r->action != ACT_TEE ||
+			    !rule_present(r, c->pass, c->fam))
+				continue;
+			ipt_tee_chain(next, sizeof(next), c->pass, c->rs, r);
+			sb_printf(c->body, "-A divertd-%s -m mark --mark 0x%x/0x%x "
+				  "-j %s\n", pw,
+				  tagmark(c->ml, rules_tee_value(c->rs, r)),
+				  c->ml->mask, next);
+		}
 	}
-	ipt_chain(next, sizeof(next), c->pass, c->nsegs ? 0 : -1, c->segs);
-	sb_printf(c->body, "-A divertd-%s -g %s\n", pw, next);
+	sb_printf(c->body, "-A divertd-%s -j MARK --set-xmark 0x0/0x%x\n", pw,
+		  c->ml->mask);
 
 	for (size_t s = 0; s < c->nsegs; s++) {
 		unsigned nconts = 0;
@@ -701,14 +730,7 @@ static void ipt_pass(struct ipt_ctx *c, const uint16_t *all, size_t nall)
 			    rule_present(r, c->pass, c->fam))
 				ipt_rule(c, r, chain, sizeof(chain), &nconts);
 		}
-		ipt_chain(next, sizeof(next), c->pass,
-			  s + 1 < c->nsegs ? (long)s + 1 : -1, c->segs);
-		sb_printf(c->body, "-A %s -g %s\n", chain, next);
 	}
-
-	sb_printf(c->decl, ":divertd-%s-end - [0:0]\n", pw);
-	sb_printf(c->body, "-A divertd-%s-end -j MARK --set-xmark 0x0/0x%x\n"
-		  "-A divertd-%s-end -j RETURN\n", pw, c->ml->mask, pw);
 }
 
 char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
@@ -829,15 +851,14 @@ static bool implies_family(const struct rule_addr *a, int family)
 
 static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 		     const struct rule *r, enum pass pass,
-		     const struct mark_layout *ml, const uint16_t *segs,
-		     size_t nsegs)
+		     const struct mark_layout *ml)
 {
 	struct iface_plan pl;
 	struct port_range sp[RULE_MAX_PORTS], dp[RULE_MAX_PORTS];
 	int nsp = norm_ports(&r->src, sp), ndp = norm_ports(&r->dst, dp);
 	uint8_t types[RULE_MAX_ICMPTYPES];
 	int nic = norm_icmptypes(r, types);
-	char pbuf[8], target[32];
+	char pbuf[8];
 	const char *pname = r->proto == PROTO_ANY ? NULL :
 			    proto_name(r->proto, pbuf, sizeof(pbuf));
 	struct sbuf m = { 0 };
@@ -873,7 +894,8 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 			  tagmark(ml, mark_value(rs, r)), r->arg);
 		break;
 	case ACT_ALLOW:
-		sb_printf(&m, " goto %s_end", pass_word[pass]);
+		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x return",
+			  ~ml->mask, tagmark(ml, TAG_DONE));
 		break;
 	case ACT_DENY:
 		sb_printf(&m, " drop");
@@ -882,9 +904,8 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 		sb_printf(&m, " counter");
 		break;
 	case ACT_SKIPTO:
-		nft_target(target, sizeof(target), pass,
-			   first_seg_from(segs, nsegs, r->arg), segs);
-		sb_printf(&m, " goto %s", target);
+		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x return",
+			  ~ml->mask, tagmark(ml, skipto_tag(rs, r)));
 		break;
 	}
 	if (m.failed)
@@ -901,6 +922,9 @@ static void nft_tee_chain(char *buf, size_t len, enum pass pass,
 		 tee_index(rs, r));
 }
 
+/* A base chain is the pass's driver, as in ipt_pass(): each segment behind
+ * a guard that lets in tags below its number, each tee's rest of segment
+ * behind its own value, and our bits cleared at the end. */
 static void nft_base_chain(struct sbuf *b, const struct ruleset *rs,
 			   const char *name,
 			   const char *type, const char *hook, enum pass pass,
@@ -909,32 +933,29 @@ static void nft_base_chain(struct sbuf *b, const struct ruleset *rs,
 {
 	char target[32];
 
+	(void)all;
+	(void)nall;
 	sb_printf(b, "\tchain %s {\n"
 		  "\t\ttype %s hook %s priority mangle; policy accept;\n"
 		  "\t\tct state untracked counter comment "
 		  "\"activates defragmentation\"\n", name, type, hook);
-	if (nall > 0) {
-		sb_printf(b, "\t\tmeta mark & 0x%x vmap { ", ml->mask);
-		for (size_t k = 0; k < nall; k++) {
-			nft_target(target, sizeof(target), pass,
-				   first_seg_from(segs, nsegs, all[k] + 1u),
-				   segs);
-			sb_printf(b, "%s0x%x : goto %s", k ? ", " : "",
-				  tagmark(ml, all[k]), target);
-		}
+	for (size_t s = 0; s < nsegs; s++) {
+		nft_target(target, sizeof(target), pass, (long)s, segs);
+		sb_printf(b, "\t\tmeta mark & 0x%x < 0x%x jump %s\n", ml->mask,
+			  tagmark(ml, segs[s]), target);
 		for (size_t k = 0; k < rs->n; k++) {
 			const struct rule *r = &rs->rules[k];
 
-			if (r->action != ACT_TEE || !rule_present(r, pass, 0))
+			if (r->num != segs[s] || r->action != ACT_TEE ||
+			    !rule_present(r, pass, 0))
 				continue;
 			nft_tee_chain(target, sizeof(target), pass, rs, r);
-			sb_printf(b, ", 0x%x : goto %s",
-				  tagmark(ml, rules_tee_value(rs, r)), target);
+			sb_printf(b, "\t\tmeta mark & 0x%x == 0x%x jump %s\n",
+				  ml->mask, tagmark(ml, rules_tee_value(rs, r)),
+				  target);
 		}
-		sb_printf(b, " }\n");
 	}
-	nft_target(target, sizeof(target), pass, nsegs ? 0 : -1, segs);
-	sb_printf(b, "\t\tgoto %s\n\t}\n", target);
+	sb_printf(b, "\t\tmeta mark set meta mark & 0x%08x\n\t}\n", ~ml->mask);
 }
 
 static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
@@ -952,22 +973,20 @@ static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
 
 			if (r->num != segs[s] || !rule_present(r, pass, 0))
 				continue;
-			nft_rule(b, rs, r, pass, ml, segs, nsegs);
+			nft_rule(b, rs, r, pass, ml);
 			if (r->action == ACT_TEE) {
 				/* the rest of the segment, where the
-				 * original resumes */
+				 * original resumes, its tag the rule
+				 * number again */
 				nft_tee_chain(name, sizeof(name), pass, rs, r);
-				sb_printf(b, "\t\tgoto %s\n\t}\n\tchain %s {\n",
-					  name, name);
+				sb_printf(b, "\t\tgoto %s\n\t}\n\tchain %s {\n"
+					  "\t\tmeta mark set meta mark & 0x%08x"
+					  " | 0x%x\n", name, name, ~ml->mask,
+					  tagmark(ml, r->num));
 			}
 		}
-		nft_target(name, sizeof(name), pass,
-			   s + 1 < nsegs ? (long)s + 1 : -1, segs);
-		sb_printf(b, "\t\tgoto %s\n\t}\n", name);
+		sb_printf(b, "\t}\n");
 	}
-	sb_printf(b, "\tchain %s_end {\n"
-		  "\t\tmeta mark set meta mark & 0x%08x accept\n\t}\n",
-		  pass_word[pass], ~ml->mask);
 }
 
 char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml)

@@ -73,8 +73,8 @@ check_ipt() {
 		echo "$(basename "$3"): $1: $(oneline "$tmp.err")"
 		return 1
 	fi
-	if ! in_ns "$2" -t mangle -S divertd-in-end >/dev/null 2>&1; then
-		echo "$(basename "$3"): loaded, but chain divertd-in-end is missing"
+	if ! in_ns "$2" -t mangle -S divertd-in >/dev/null 2>&1; then
+		echo "$(basename "$3"): loaded, but chain divertd-in is missing"
 		return 1
 	fi
 	ipt_clear "$2"

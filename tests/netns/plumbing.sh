@@ -84,6 +84,24 @@ if start_divertd "$H" "$TMP/retag.conf" "$SOCK"; then
 	stop_divertd
 else bad "tag 0: setup"; fi
 
+# --- a long list: 60 rule numbers, a divert behind them, re-entry after it
+# (nf_tables limits how deep chains may jump: the list must not nest)
+{
+	for n in $(seq 10 10 600); do echo "$n count ip from any to any"; done
+	echo "1000 divert 8668 icmp from any to any in icmptypes 8"
+	for n in $(seq 1010 10 1100); do echo "$n count ip from any to any"; done
+	echo "2000 divert 8669 icmp from any to any in icmptypes 8"
+} >"$TMP/long.list.conf"
+if start_divertd "$H" "$TMP/long.list.conf" "$SOCK" && run_progs longlist "div_echo 8668" "div_echo 8669"; then
+	ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
+	check "72 rule numbers: a ping passes two divert rules at 1000 and 2000" test $? -eq 0
+	wait_progs
+	check "... each program read it once, tags 1000 and 2000" \
+		bash -c "grep -q 'tag 1000 ' '$TMP/longlist.8668.out' && grep -q 'tag 2000 ' '$TMP/longlist.8669.out' &&
+			 [ $(seen longlist 8668)$(seen longlist 8669) = 11 ]"
+	stop_divertd
+else bad "long list: setup"; fi
+
 # --- skipto, allow and deny
 cat >"$TMP/skipto.conf" <<'CONF'
 100 skipto 300 icmp from any to any in icmptypes 8

@@ -301,14 +301,15 @@ static void test_tee_values(void **state)
 	tee2 = &rs.rules[2];
 	assert_int_equal(tee1->action, ACT_TEE);
 	assert_int_equal(tee2->action, ACT_TEE);
-	assert_int_equal(rules_tee_value(&rs, tee1), 65535);
-	/* 65534 and 65533 are rule numbers: the second tee gets 65532 */
-	assert_int_equal(rules_tee_value(&rs, tee2), 65532);
-	assert_ptr_equal(rules_find_tee_rule(&rs, 65535, 9000), tee1);
-	assert_ptr_equal(rules_find_tee_rule(&rs, 65532, 9001), tee2);
-	assert_null(rules_find_tee_rule(&rs, 65535, 9001));	/* other port */
+	/* 65535 means "done"; 65534 and 65533 are rule numbers */
+	assert_int_equal(rules_tee_value(&rs, tee1), 65532);
+	assert_int_equal(rules_tee_value(&rs, tee2), 65531);
+	assert_ptr_equal(rules_find_tee_rule(&rs, 65532, 9000), tee1);
+	assert_ptr_equal(rules_find_tee_rule(&rs, 65531, 9001), tee2);
+	assert_null(rules_find_tee_rule(&rs, 65532, 9001));	/* other port */
+	assert_null(rules_find_tee_rule(&rs, 65535, 9000));	/* done */
 	assert_null(rules_find_tee_rule(&rs, 100, 9000));	/* a rule number */
-	assert_null(rules_find_tee_rule(&rs, 65531, 9000));	/* no such tee */
+	assert_null(rules_find_tee_rule(&rs, 65530, 9000));	/* no such tee */
 	assert_null(rules_find_tee_rule(&rs, 0, 9000));
 	ruleset_free(&rs);
 }
@@ -350,13 +351,11 @@ static void test_tag_in_other_mask(void **state)
 			"0x6400/0xffff00");
 	assert_has_line(ipt, "-A divertd-in-100 -m mark --mark "
 			"0x6400/0xffff00 -j NFQUEUE --queue-num 8668");
-	assert_has_line(ipt, "-A divertd-in-end -j MARK --set-xmark "
-			"0x0/0xffff00");
+	assert_has_line(ipt, "-A divertd-in -j MARK --set-xmark 0x0/0xffff00");
 	assert_has_line(nft, "\t\tmeta mark set meta mark & 0xff0000ff | "
 			"0x6400 queue num 8668");
-	assert_has_line(nft, "\t\tmeta mark & 0xffff00 vmap { 0x6400 : goto "
-			"in_end }");
-	assert_has_line(nft, "\t\tmeta mark set meta mark & 0xff0000ff accept");
+	assert_has_line(nft, "\t\tmeta mark & 0xffff00 < 0x6400 jump in_100");
+	assert_has_line(nft, "\t\tmeta mark set meta mark & 0xff0000ff");
 	free(ipt);
 	free(nft);
 	ruleset_free(&rs);
@@ -465,13 +464,14 @@ static void test_families_split(void **state)
 	assert_has_line(ipt6, ":divertd-in-200 - [0:0]");
 	assert_has_line(ipt6, ":divertd-in-400 - [0:0]");
 	assert_false(has_line(ipt6, ":divertd-in-100 - [0:0]"));
-	/* dispatch knows every number, in both families */
-	assert_has_line(ipt4, "-A divertd-in -m mark --mark "
-			"0xc80000/0xffff0000 -g divertd-in-300");
-	assert_has_line(ipt6, "-A divertd-in -m mark --mark "
-			"0x640000/0xffff0000 -g divertd-in-200");
-	assert_has_line(ipt6, "-A divertd-in -m mark --mark "
-			"0x1900000/0xffff0000 -g divertd-in-end");
+	/* each family's driver guards its own segments: tag < number */
+	assert_has_line(ipt4, "-A divertd-in -m bpf --bytecode \"5,32 0 0 "
+			"4294963220,84 0 0 4294901760,53 1 0 19660800,6 0 0 1,"
+			"6 0 0 0\" -j divertd-in-300");
+	assert_has_line(ipt6, "-A divertd-in -m bpf --bytecode \"5,32 0 0 "
+			"4294963220,84 0 0 4294901760,53 1 0 13107200,6 0 0 1,"
+			"6 0 0 0\" -j divertd-in-200");
+	assert_false(strstr(ipt6, "-j divertd-in-100\n"));
 	assert_has_line(ipt4, "-A divertd-in-300 -m addrtype --src-type LOCAL");
 	assert_has_line(ipt6, "-A divertd-in-400 -m addrtype --dst-type LOCAL");
 	free(ipt4);
@@ -511,7 +511,7 @@ static void test_interfaces(void **state)
 	assert_has_line(ipt, "-A divertd-in-500");
 	assert_has_line(ipt, "-A divertd-in-500 -g divertd-in-500.1");
 	assert_has_line(ipt, "-A divertd-in-500.1 -j DROP");
-	assert_has_line(ipt, "-A divertd-in-500.1 -g divertd-in-end");
+	assert_false(strstr(ipt, "divertd-in-end"));
 	assert_has_line(nft, "\t\tiifname != { \"a\", \"b\" } counter");
 	assert_has_line(ipt, "-A divertd-out-600 -i eth1 -o eth2");
 	assert_has_line(nft, "\t\tiifname \"eth1\" oifname \"eth2\" counter");
@@ -532,12 +532,20 @@ static void test_skipto_targets(void **state)
 	char *ipt = rules_ipt_text(&rs, &ml, 4), *nft = rules_nft_text(&rs, &ml);
 
 	(void)state;
-	assert_has_line(ipt, "-A divertd-in-100 -g divertd-in-300");
-	assert_has_line(ipt, "-A divertd-out-100 -g divertd-out-400");
-	assert_has_line(ipt, "-A divertd-out-110 -g divertd-out-400");
-	assert_has_line(ipt, "-A divertd-in-120 -g divertd-in-end");
-	assert_has_line(nft, "\t\tgoto in_300");
-	assert_has_line(nft, "\t\tgoto out_400");
+	/* a skipto raises the tag to the last number below its target and
+	 * returns to the driver, whose guards go on from there */
+	assert_has_line(ipt, "-A divertd-in-100 -j MARK --set-xmark "
+			"0x780000/0xffff0000");		/* 250: after 120 */
+	assert_has_line(ipt, "-A divertd-in-100 -m mark --mark "
+			"0x780000/0xffff0000 -j RETURN");
+	assert_has_line(ipt, "-A divertd-out-110 -j MARK --set-xmark "
+			"0x780000/0xffff0000");		/* 300: after 120 */
+	assert_has_line(ipt, "-A divertd-in-120 -j MARK --set-xmark "
+			"0x1900000/0xffff0000");	/* past the last */
+	assert_has_line(nft, "\t\tmeta mark set meta mark & 0x0000ffff | "
+			"0x780000 return");
+	assert_has_line(nft, "\t\tmeta mark set meta mark & 0x0000ffff | "
+			"0x1900000 return");
 	free(ipt);
 	free(nft);
 	ruleset_free(&rs);
@@ -553,26 +561,19 @@ static void test_empty_ruleset(void **state)
 	assert_string_equal(ipt,
 		"*mangle\n"
 		":divertd-in - [0:0]\n"
-		":divertd-in-end - [0:0]\n"
 		":divertd-out - [0:0]\n"
-		":divertd-out-end - [0:0]\n"
 		"-A divertd-in -m conntrack --ctstate UNTRACKED -m comment "
 		"--comment \"activates defragmentation\"\n"
-		"-A divertd-in -g divertd-in-end\n"
-		"-A divertd-in-end -j MARK --set-xmark 0x0/0xffff0000\n"
-		"-A divertd-in-end -j RETURN\n"
+		"-A divertd-in -j MARK --set-xmark 0x0/0xffff0000\n"
 		"-A divertd-out -m conntrack --ctstate UNTRACKED -m comment "
 		"--comment \"activates defragmentation\"\n"
-		"-A divertd-out -g divertd-out-end\n"
-		"-A divertd-out-end -j MARK --set-xmark 0x0/0xffff0000\n"
-		"-A divertd-out-end -j RETURN\n"
+		"-A divertd-out -j MARK --set-xmark 0x0/0xffff0000\n"
 		"-I PREROUTING 1 -j divertd-in\n"
 		"-I OUTPUT 1 -j divertd-out\n"
 		"-I FORWARD 1 -j divertd-out\n"
 		"COMMIT\n");
-	assert_false(has_line(nft, "vmap"));
-	assert_has_line(nft, "\t\tgoto in_end");
-	assert_has_line(nft, "\t\tgoto out_end");
+	assert_false(strstr(nft, "jump"));
+	assert_has_line(nft, "\t\tmeta mark set meta mark & 0x0000ffff");
 	assert_null(rules_ipt_text(&rs, &ml, 5));
 	free(ipt);
 	free(nft);
