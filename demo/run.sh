@@ -4,10 +4,11 @@
 #   client (192.0.2.2) ---- gateway (192.0.2.1 | 198.51.100.1) ---- server (198.51.100.2)
 #
 # The gateway forwards, runs divertd with two ipfw rules, and an unmodified
-# FreeBSD-style divert program (tests/progs/div_echo.c, run under
-# LD_PRELOAD=libdivert_shim.so) reads every diverted packet, prints it and
-# writes it back.  The client pings the server and sends it UDP; each packet
-# is shown as the program sees it, then divertd's counters.
+# FreeBSD-style divert program (examples/divert_count.c, run under
+# LD_PRELOAD=libdivert_shim.so) reads every diverted packet, prints it,
+# writes it back and counts.  The client pings the server and sends it UDP;
+# each packet is shown as the program sees it, then the program's totals and
+# divertctl's view of the daemon (rules, sockets, counters).
 # Everything is removed on exit.  Needs root; installs its build
 # dependencies (Debian 12) and builds into build/ first.
 set -eu
@@ -58,9 +59,16 @@ ip netns exec $G build/divertd -d -f "$TMP/divertd.conf" -s "$SOCK" 2>"$TMP/dive
 DPID=$!; PIDS+=($DPID)
 for _ in $(seq 100); do [ -e "$SOCK" ] && break; sleep 0.05; done
 ip netns exec $G env LD_PRELOAD="$TOP/build/libdivert_shim.so" DIVERT_SOCKET="$SOCK" \
-	build/div_echo 8668 100 3 "$TMP/ready" >"$TMP/prog.out" 2>&1 &
+	build/divert_count -v 8668 >"$TMP/prog.out" 2>&1 &
 PPID_=$!; PIDS+=($PPID_)
-for _ in $(seq 100); do [ -e "$TMP/ready" ] && break; sleep 0.05; done
+for _ in $(seq 100); do
+	ip netns exec $G build/divertctl -s "$SOCK" sockets 2>/dev/null | grep -q 8668 && break
+	sleep 0.05
+done
+echo "== divertctl list / sockets on the gateway:"
+ip netns exec $G build/divertctl -s "$SOCK" list | sed 's/^/   /'
+ip netns exec $G build/divertctl -s "$SOCK" sockets | sed 's/^/   /'
+echo
 
 echo "== client pings the server 5 times through the gateway:"
 ip netns exec $C ping -n -c 5 -i 0.2 -W 2 198.51.100.2 | sed 's/^/   /'
@@ -69,11 +77,14 @@ echo "== client sends 3 UDP datagrams to the server (port 9):"
 for i in 1 2 3; do
 	ip netns exec $C bash -c "echo hello-$i >/dev/udp/198.51.100.2/9" 2>/dev/null || true
 done
-wait "$PPID_" || true
+sleep 0.5
 echo
-echo "== what the divert program read (tag = rule number, addr/if = where it came in):"
+echo "== divertctl stats:"
+ip netns exec $G build/divertctl -s "$SOCK" stats | sed 's/^/   /'
+kill -TERM "$PPID_"; wait "$PPID_" || true
+echo
+echo "== what the divert program read, and its totals:"
 sed 's/^/   /' "$TMP/prog.out"
-kill -USR1 "$DPID"; sleep 0.2
 kill -TERM "$DPID"; wait "$DPID" || true
 echo
 echo "== divertd's log:"
