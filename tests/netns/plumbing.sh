@@ -343,6 +343,39 @@ if start_divertd "$H" "$TMP/full.conf" "$SOCK"; then
 	else bad "full buffer: program bound"; stop_divertd; fi
 else bad "full buffer: setup"; fi
 
+# --- the nftables backend on real packets.  This kernel has no nft queue,
+# so no divert or tee rule can load; the driver, its guards, skipto, allow
+# and deny can, and they are what differs between the backends.
+cat >"$TMP/nft.conf" <<'CONF'
+100 skipto 300 icmp from any to any in icmptypes 8
+200 deny icmp from any to any in icmptypes 8
+300 count icmp from any to any
+400 allow icmp from any to any in icmptypes 8
+500 deny icmp from any to any in icmptypes 8
+CONF
+ip netns exec "$H" "$DIVERTD" -d -b nftables -f "$TMP/nft.conf" -s "$SOCK" >"$TMP/divertd-nft.log" 2>&1 &
+DIVERTD_PID=$!; PIDS+=($!)
+for _ in $(seq 200); do grep -q 'ready:' "$TMP/divertd-nft.log" && break; sleep 0.05; done
+if grep -q 'nftables backend' "$TMP/divertd-nft.log"; then
+	ip netns exec "$P" ping -n -c 2 -i 0.2 -W 2 192.0.2.1 >/dev/null
+	check "nftables: skipto jumps over a deny, allow stops before another (ping succeeds)" test $? -eq 0
+	n=$(ip netns exec "$H" nft list chain inet divertd in_300 | grep -o 'packets [0-9]*' | head -1 | cut -d' ' -f2)
+	check "nftables: the count rule after the skipto saw both requests (counted $n)" test "${n:-0}" -ge 2
+	stop_divertd
+	check "nftables: the table is removed at exit" \
+		bash -c "! ip netns exec '$H' nft list tables | grep -q divertd"
+else
+	bad "nftables backend started"; sed 's/^/# /' "$TMP/divertd-nft.log"
+	kill "$DIVERTD_PID" 2>/dev/null
+fi
+printf '100 count ip from any to any\n150 deny icmp from any to any in icmptypes 8\n' >"$TMP/nft2.conf"
+ip netns exec "$H" "$DIVERTD" -d -b nftables -f "$TMP/nft2.conf" -s "$SOCK" >"$TMP/divertd-nft2.log" 2>&1 &
+DIVERTD_PID=$!; PIDS+=($!)
+for _ in $(seq 200); do grep -q 'ready:' "$TMP/divertd-nft2.log" && break; sleep 0.05; done
+ip netns exec "$P" ping -n -c 1 -W 1 192.0.2.1 >/dev/null
+check "nftables: a deny reached through the guards drops (ping fails)" test $? -ne 0
+stop_divertd
+
 # --- the command line
 printf '100 divert 8668 ip from any to any\n' >"$TMP/cl.conf"
 out=$("$DIVERTD" -n -f "$TMP/cl.conf"); rc=$?
