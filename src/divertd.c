@@ -281,6 +281,11 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 	}
 	if (fw_replace(running.backend, nrs, running.ml) < 0) {
 		snprintf(err, errlen, "the kernel did not take the new rules");
+		/* iptables replaces one family at a time: if the second
+		 * refused, put the running list back in the first */
+		if (fw_replace(running.backend, rs, running.ml) < 0)
+			log_err("the running rules could not be restored "
+				"everywhere either");
 		goto undo;
 	}
 	ruleset_free(rs);
