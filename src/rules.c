@@ -356,9 +356,9 @@ static bool rule_present(const struct rule *r, enum pass pass, unsigned fam)
 	return iface_plan(r, pass, &pl);
 }
 
-/* Distinct numbers of the rules present in a pass, ascending.  pass < 0:
- * every rule of the ruleset.  segs has room for rs->n. */
-static size_t collect_numbers(const struct ruleset *rs, int pass,
+/* Distinct numbers of the rules present in a pass, ascending.  segs has
+ * room for rs->n. */
+static size_t collect_numbers(const struct ruleset *rs, enum pass pass,
 			      unsigned fam, uint16_t *segs)
 {
 	size_t n = 0;
@@ -366,7 +366,7 @@ static size_t collect_numbers(const struct ruleset *rs, int pass,
 	for (size_t i = 0; i < rs->n; i++) {
 		const struct rule *r = &rs->rules[i];
 
-		if (pass >= 0 && !rule_present(r, (enum pass)pass, fam))
+		if (!rule_present(r, pass, fam))
 			continue;
 		if (n == 0 || segs[n - 1] != r->num)
 			segs[n++] = r->num;
@@ -451,14 +451,10 @@ struct ipt_ctx {
 	struct sbuf *decl, *body;
 };
 
-static void ipt_chain(char *buf, size_t len, enum pass pass, long seg,
+static void ipt_chain(char *buf, size_t len, enum pass pass, size_t seg,
 		      const uint16_t *segs)
 {
-	if (seg < 0)
-		snprintf(buf, len, "divertd-%s-end", pass_word[pass]);
-	else
-		snprintf(buf, len, "divertd-%s-%u", pass_word[pass],
-			 segs[seg]);
+	snprintf(buf, len, "divertd-%s-%u", pass_word[pass], segs[seg]);
 }
 
 /* Greedy cut of a port list into multiport-sized pieces: start indexes. */
@@ -685,19 +681,17 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
  * deeper than 16, which a chain of segments each going to the next would
  * reach at 14 rule numbers.
  */
-static void ipt_pass(struct ipt_ctx *c, const uint16_t *all, size_t nall)
+static void ipt_pass(struct ipt_ctx *c)
 {
 	const char *pw = pass_word[c->pass];
 	char chain[64], next[64];
 	size_t i = 0;
 
-	(void)all;
-	(void)nall;
 	sb_printf(c->decl, ":divertd-%s - [0:0]\n", pw);
 	sb_printf(c->body, "-A divertd-%s -m conntrack --ctstate UNTRACKED "
 		  "-m comment --comment \"activates defragmentation\"\n", pw);
 	for (size_t s = 0; s < c->nsegs; s++) {
-		ipt_chain(chain, sizeof(chain), c->pass, (long)s, c->segs);
+		ipt_chain(chain, sizeof(chain), c->pass, s, c->segs);
 		sb_printf(c->body, "-A divertd-%s -m bpf --bytecode \"5,32 0 0 "
 			  "%u,84 0 0 %u,53 1 0 %u,6 0 0 1,6 0 0 0\" -j %s\n", pw,
 			  (unsigned)(SKF_AD_OFF + SKF_AD_MARK),
@@ -721,7 +715,7 @@ static void ipt_pass(struct ipt_ctx *c, const uint16_t *all, size_t nall)
 	for (size_t s = 0; s < c->nsegs; s++) {
 		unsigned nconts = 0;
 
-		ipt_chain(chain, sizeof(chain), c->pass, (long)s, c->segs);
+		ipt_chain(chain, sizeof(chain), c->pass, s, c->segs);
 		sb_printf(c->decl, ":%s - [0:0]\n", chain);
 		for (; i < c->rs->n && c->rs->rules[i].num <= c->segs[s]; i++) {
 			const struct rule *r = &c->rs->rules[i];
@@ -737,28 +731,25 @@ char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
 		     int family)
 {
 	struct sbuf out = { 0 }, decl[2] = { { 0 } }, body[2] = { { 0 } };
-	uint16_t *all, *segs[2];
-	size_t nall;
+	uint16_t *segs[2];
 	char *text = NULL;
 	unsigned fam = family == 6 ? FAM_V6 : FAM_V4;
 
 	if (family != 4 && family != 6)
 		return NULL;
-	all = calloc(rs->n + 1, sizeof(*all));
 	segs[0] = calloc(rs->n + 1, sizeof(*segs[0]));
 	segs[1] = calloc(rs->n + 1, sizeof(*segs[1]));
-	if (!all || !segs[0] || !segs[1])
+	if (!segs[0] || !segs[1])
 		goto out;
-	nall = collect_numbers(rs, -1, 0, all);
 	for (int p = PASS_IN; p <= PASS_OUT; p++) {
 		struct ipt_ctx c = {
 			.rs = rs, .ml = ml, .fam = fam, .pass = (enum pass)p,
 			.segs = segs[p],
-			.nsegs = collect_numbers(rs, p, fam, segs[p]),
+			.nsegs = collect_numbers(rs, (enum pass)p, fam, segs[p]),
 			.decl = &decl[p], .body = &body[p],
 		};
 
-		ipt_pass(&c, all, nall);
+		ipt_pass(&c);
 	}
 	sb_printf(&out, "*mangle\n");
 	sb_cat(&out, &decl[0]);
@@ -777,19 +768,15 @@ out:
 		free(segs[p]);
 	}
 	sb_free(&out);
-	free(all);
 	return text;
 }
 
 /* ---- nftables ------------------------------------------------------------- */
 
-static void nft_target(char *buf, size_t len, enum pass pass, long seg,
+static void nft_target(char *buf, size_t len, enum pass pass, size_t seg,
 		       const uint16_t *segs)
 {
-	if (seg < 0)
-		snprintf(buf, len, "%s_end", pass_word[pass]);
-	else
-		snprintf(buf, len, "%s_%u", pass_word[pass], segs[seg]);
+	snprintf(buf, len, "%s_%u", pass_word[pass], segs[seg]);
 }
 
 static void nft_addr(struct sbuf *sb, const struct rule_addr *a, bool src)
@@ -928,19 +915,17 @@ static void nft_tee_chain(char *buf, size_t len, enum pass pass,
 static void nft_base_chain(struct sbuf *b, const struct ruleset *rs,
 			   const char *name,
 			   const char *type, const char *hook, enum pass pass,
-			   const struct mark_layout *ml, const uint16_t *all,
-			   size_t nall, const uint16_t *segs, size_t nsegs)
+			   const struct mark_layout *ml,
+			   const uint16_t *segs, size_t nsegs)
 {
 	char target[32];
 
-	(void)all;
-	(void)nall;
 	sb_printf(b, "\tchain %s {\n"
 		  "\t\ttype %s hook %s priority mangle; policy accept;\n"
 		  "\t\tct state untracked counter comment "
 		  "\"activates defragmentation\"\n", name, type, hook);
 	for (size_t s = 0; s < nsegs; s++) {
-		nft_target(target, sizeof(target), pass, (long)s, segs);
+		nft_target(target, sizeof(target), pass, s, segs);
 		sb_printf(b, "\t\tmeta mark & 0x%x < 0x%x jump %s\n", ml->mask,
 			  tagmark(ml, segs[s]), target);
 		for (size_t k = 0; k < rs->n; k++) {
@@ -966,7 +951,7 @@ static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
 	size_t i = 0;
 
 	for (size_t s = 0; s < nsegs; s++) {
-		nft_target(name, sizeof(name), pass, (long)s, segs);
+		nft_target(name, sizeof(name), pass, s, segs);
 		sb_printf(b, "\tchain %s {\n", name);
 		for (; i < rs->n && rs->rules[i].num <= segs[s]; i++) {
 			const struct rule *r = &rs->rules[i];
@@ -992,32 +977,29 @@ static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
 char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml)
 {
 	struct sbuf b = { 0 };
-	uint16_t *all = calloc(rs->n + 1, sizeof(*all));
 	uint16_t *in = calloc(rs->n + 1, sizeof(*in));
 	uint16_t *out = calloc(rs->n + 1, sizeof(*out));
-	size_t nall, nin, nout;
+	size_t nin, nout;
 	char *text = NULL;
 
-	if (!all || !in || !out)
+	if (!in || !out)
 		goto done;
-	nall = collect_numbers(rs, -1, 0, all);
 	nin = collect_numbers(rs, PASS_IN, 0, in);
 	nout = collect_numbers(rs, PASS_OUT, 0, out);
 
 	sb_printf(&b, "table inet divertd {\n");
 	nft_base_chain(&b, rs, "prerouting", "filter", "prerouting", PASS_IN, ml,
-		       all, nall, in, nin);
+		       in, nin);
 	nft_base_chain(&b, rs, "output", "route", "output", PASS_OUT, ml,
-		       all, nall, out, nout);
+		       out, nout);
 	nft_base_chain(&b, rs, "forward", "filter", "forward", PASS_OUT, ml,
-		       all, nall, out, nout);
+		       out, nout);
 	nft_pass_chains(&b, rs, PASS_IN, ml, in, nin);
 	nft_pass_chains(&b, rs, PASS_OUT, ml, out, nout);
 	sb_printf(&b, "}\n");
 	text = sb_take(&b);
 done:
 	sb_free(&b);
-	free(all);
 	free(in);
 	free(out);
 	return text;
