@@ -8,7 +8,8 @@
 # LD_PRELOAD=libdivert_shim.so) reads every diverted packet, prints it,
 # writes it back and counts.  The client pings the server and sends it UDP;
 # each packet is shown as the program sees it, then the program's totals and
-# divertctl's view of the daemon (rules, sockets, counters).
+# divertctl's view of the daemon (rules with their counts, sockets,
+# counters).
 # Everything is removed on exit.  Needs root; installs its build
 # dependencies (Debian 12) and builds into build/ first.
 set -eu
@@ -77,7 +78,18 @@ echo "== client sends 3 UDP datagrams to the server (port 9):"
 for i in 1 2 3; do
 	ip netns exec $C bash -c "echo hello-$i >/dev/udp/198.51.100.2/9" 2>/dev/null || true
 done
-sleep 0.5
+# the program has seen all 8 (5 pings, 3 datagrams) once rule 100 counted 8
+for _ in $(seq 100); do
+	n=$(ip netns exec $G build/divertctl -s "$SOCK" show 100 | awk '{ print $2 }')
+	[ "${n:-0}" -ge 8 ] && break
+	sleep 0.05
+done
+echo
+echo "== divertctl show: each rule with its packet and byte counts, as ipfw show"
+echo "   (100 diverted what came in from the client; 200 counts the rest of each"
+echo "   pass: what the program wrote back, in and again out, the replies, and"
+echo "   the hosts' own IPv6 neighbour discovery):"
+ip netns exec $G build/divertctl -s "$SOCK" show | sed 's/^/   /'
 echo
 echo "== divertctl stats:"
 ip netns exec $G build/divertctl -s "$SOCK" stats | sed 's/^/   /'

@@ -23,7 +23,9 @@
  *     not parse, or rules the kernel refuses, change nothing and come back
  *     as exit status 1 with the reason.  As with ipfw, the config file is
  *     not written: the next SIGHUP (or start) puts the file's rules back.
- * With DW_CTL_JSON, list, stats and sockets answer in JSON (jansson).
+ *   - the rules' counters (show, zero): counters.c.
+ * With DW_CTL_JSON, list, show, stats and sockets answer in JSON (jansson);
+ * the other commands print the same text either way.
  * Status 0: done; 1: refused (the text says why); 2: not a command.
  */
 #include <stdarg.h>
@@ -55,8 +57,9 @@ static int usage_error(struct ctl *c, const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(c->f, fmt, ap);
 	va_end(ap);
-	fputs("\ncommands: list, add [NUM] RULE, delete NUM..., flush, stats, "
-	      "sockets, rules [--nft | --iptables]\n", c->f);
+	fputs("\ncommands: list [NUM...], show [NUM...], zero [NUM...], "
+	      "add [NUM] RULE, delete NUM..., flush, stats, sockets, "
+	      "rules [--nft | --iptables]\n", c->f);
 	return 2;
 }
 
@@ -77,6 +80,16 @@ static int put_json(struct ctl *c, json_t *root)
 
 /* ---- list ------------------------------------------------------------- */
 
+static bool all_digits(const char *s)
+{
+	if (*s == '\0')
+		return false;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return false;
+	return true;
+}
+
 static const char *action_word(enum rule_action a)
 {
 	switch (a) {
@@ -90,20 +103,87 @@ static const char *action_word(enum rule_action a)
 	return "?";
 }
 
-static int cmd_list(struct ctl *c)
+/* Which rules a command names: NUM... (each must name a rule), or all
+ * when there are none.  Fills want[] (one flag per rule); 0, or 1 with the
+ * reason printed, then tail. */
+static int pick_rules(struct ctl *c, const char *cmd, const char *tail,
+		      int argc, char **argv, bool *want)
 {
 	const struct ruleset *rs = daemon_rules();
-	json_t *arr = c->json ? json_array() : NULL;
 
-	for (size_t i = 0; i < rs->n; i++) {
-		const struct rule *r = &rs->rules[i];
-		char *line = rules_format(r);
+	for (size_t k = 0; k < rs->n; k++)
+		want[k] = argc < 2;
+	for (int i = 1; i < argc; i++) {
+		unsigned long v = all_digits(argv[i]) && strlen(argv[i]) < 6
+				  ? strtoul(argv[i], NULL, 10) : 0;
+		bool found = false;
 
-		if (line == NULL) {
-			json_decref(arr);
-			fputs("divertd: out of memory\n", c->f);
+		if (v < 1 || v > RULE_NUM_MAX) {
+			fprintf(c->f, "%s: '%s' is not a rule number (1..%u)%s\n",
+				cmd, argv[i], RULE_NUM_MAX, tail);
 			return 1;
 		}
+		for (size_t k = 0; k < rs->n; k++)
+			if (rs->rules[k].num == v)
+				found = want[k] = true;
+		if (!found) {
+			fprintf(c->f, "%s: no rule numbered %lu%s\n", cmd, v,
+				tail);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static unsigned digits(uint64_t v)
+{
+	unsigned n = 1;
+
+	while (v >= 10) {
+		v /= 10;
+		n++;
+	}
+	return n;
+}
+
+/*
+ * list [NUM...] and show [NUM...]: the rules in force as ipfw lines; show
+ * puts each rule's packet and byte counts in front, in columns as wide as
+ * the largest count, as ipfw show does.
+ */
+static int cmd_list(struct ctl *c, int argc, char **argv, bool counts)
+{
+	const struct ruleset *rs = daemon_rules();
+	size_t n = rs->n > 0 ? rs->n : 1;
+	bool *want = calloc(n, sizeof(*want));
+	struct rule_count *cnt = counts ? calloc(n, sizeof(*cnt)) : NULL;
+	json_t *arr = c->json ? json_array() : NULL;
+	unsigned pw = 1, bw = 1;
+	int rc = 1;
+
+	if (want == NULL || (counts && cnt == NULL))
+		goto nomem;
+	if (pick_rules(c, counts ? "show" : "list", "", argc, argv, want) != 0)
+		goto out;
+	if (counts && counters_get(cnt) < 0) {
+		fputs("show: the kernel's counters could not be read\n", c->f);
+		goto out;
+	}
+	for (size_t i = 0; counts && i < rs->n; i++) {
+		if (want[i] && digits(cnt[i].packets) > pw)
+			pw = digits(cnt[i].packets);
+		if (want[i] && digits(cnt[i].bytes) > bw)
+			bw = digits(cnt[i].bytes);
+	}
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+		char *line;
+
+		if (!want[i])
+			continue;
+		line = rules_format(r);
+		if (line == NULL)
+			goto nomem;
 		if (arr != NULL) {
 			json_t *o = json_pack("{s:i, s:s, s:s}", "number",
 					      (int)r->num, "action",
@@ -113,26 +193,71 @@ static int cmd_list(struct ctl *c)
 				json_object_set_new(o, "port", json_integer(r->arg));
 			if (o != NULL && r->action == ACT_SKIPTO)
 				json_object_set_new(o, "target", json_integer(r->arg));
+			if (o != NULL && counts) {
+				json_object_set_new(o, "packets",
+					json_integer((json_int_t)cnt[i].packets));
+				json_object_set_new(o, "bytes",
+					json_integer((json_int_t)cnt[i].bytes));
+			}
 			json_array_append_new(arr, o);
+		} else if (counts) {
+			/* "00100 divert ..." -> "00100 PKTS BYTES divert ..." */
+			fprintf(c->f, "%.5s %*llu %*llu %s\n", line, (int)pw,
+				(unsigned long long)cnt[i].packets, (int)bw,
+				(unsigned long long)cnt[i].bytes, line + 6);
 		} else {
 			fprintf(c->f, "%s\n", line);
 		}
 		free(line);
 	}
-	return arr != NULL ? put_json(c, arr) : 0;
+	if (arr != NULL) {
+		rc = put_json(c, arr);
+		arr = NULL;
+	} else {
+		rc = 0;
+	}
+	goto out;
+nomem:
+	fputs("divertd: out of memory\n", c->f);
+	rc = 1;
+out:
+	json_decref(arr);
+	free(want);
+	free(cnt);
+	return rc;
+}
+
+/* zero [NUM...]: the counts of the rules with those numbers, or of all,
+ * start again from 0. */
+static int cmd_zero(struct ctl *c, int argc, char **argv)
+{
+	const struct ruleset *rs = daemon_rules();
+	bool *want = calloc(rs->n > 0 ? rs->n : 1, sizeof(*want));
+	int rc = 1;
+
+	if (want == NULL) {
+		fputs("divertd: out of memory\n", c->f);
+		return 1;
+	}
+	if (pick_rules(c, "zero", "; nothing changed", argc, argv, want) != 0)
+		goto out;
+	if (counters_zero(want) < 0) {
+		fputs("zero: the kernel's counters could not be read; nothing "
+		      "changed\n", c->f);
+		goto out;
+	}
+	/* what ipfw zero says */
+	if (argc < 2)
+		fputs("Accounting cleared.\n", c->f);
+	for (int i = 1; i < argc; i++)
+		fprintf(c->f, "Entry %s cleared\n", argv[i]);
+	rc = 0;
+out:
+	free(want);
+	return rc;
 }
 
 /* ---- add, delete, flush ------------------------------------------------ */
-
-static bool all_digits(const char *s)
-{
-	if (*s == '\0')
-		return false;
-	for (; *s; s++)
-		if (*s < '0' || *s > '9')
-			return false;
-	return true;
-}
 
 /* Put nrs in force; what the change was goes into the log. */
 static int apply(struct ctl *c, struct ruleset *nrs, const char *cmd,
@@ -240,44 +365,30 @@ static int cmd_delete(struct ctl *c, int argc, char **argv)
 {
 	const struct ruleset *rs = daemon_rules();
 	struct ruleset nrs = { 0 };
-	static uint8_t gone[(RULE_NUM_MAX + 1) / 8 + 1];
+	bool *gone;
 	char what[32];
 
 	if (argc < 2) {
 		fputs("delete: missing rule number\n", c->f);
 		return 1;
 	}
-	memset(gone, 0, sizeof(gone));
-	for (int i = 1; i < argc; i++) {
-		unsigned long v = all_digits(argv[i]) && strlen(argv[i]) < 6
-				  ? strtoul(argv[i], NULL, 10) : 0;
-		bool found = false;
-
-		if (v < 1 || v > RULE_NUM_MAX) {
-			fprintf(c->f, "delete: '%s' is not a rule number "
-				"(1..%u)\n", argv[i], RULE_NUM_MAX);
-			return 1;
-		}
-		for (size_t k = 0; k < rs->n && !found; k++)
-			found = rs->rules[k].num == v;
-		if (!found) {
-			fprintf(c->f, "delete: no rule numbered %lu; nothing "
-				"changed\n", v);
-			return 1;
-		}
-		gone[v / 8] |= (uint8_t)(1u << (v % 8));
-	}
+	gone = calloc(rs->n > 0 ? rs->n : 1, sizeof(*gone));
 	nrs.rules = calloc(rs->n > 0 ? rs->n : 1, sizeof(*nrs.rules));
-	if (nrs.rules == NULL) {
+	if (gone == NULL || nrs.rules == NULL) {
+		free(gone);
+		free(nrs.rules);
 		fputs("divertd: out of memory\n", c->f);
 		return 1;
 	}
-	for (size_t k = 0; k < rs->n; k++) {
-		unsigned v = rs->rules[k].num;
-
-		if (!(gone[v / 8] & (1u << (v % 8))))
-			nrs.rules[nrs.n++] = rs->rules[k];
+	if (pick_rules(c, "delete", "; nothing changed", argc, argv, gone) != 0) {
+		free(gone);
+		free(nrs.rules);
+		return 1;
 	}
+	for (size_t k = 0; k < rs->n; k++)
+		if (!gone[k])
+			nrs.rules[nrs.n++] = rs->rules[k];
+	free(gone);
 	snprintf(what, sizeof(what), "delete %s%s", argv[1],
 		 argc > 2 ? " ..." : "");
 	return apply(c, &nrs, "delete", what);
@@ -451,8 +562,12 @@ int control_run(int argc, char **argv, unsigned flags, char **out)
 	if (c.f == NULL)
 		return 1;
 	cmd = argc > 0 ? argv[0] : "";
-	if (strcmp(cmd, "list") == 0 && argc == 1)
-		rc = cmd_list(&c);
+	if (strcmp(cmd, "list") == 0)
+		rc = cmd_list(&c, argc, argv, false);
+	else if (strcmp(cmd, "show") == 0)
+		rc = cmd_list(&c, argc, argv, true);
+	else if (strcmp(cmd, "zero") == 0)
+		rc = cmd_zero(&c, argc, argv);
 	else if (strcmp(cmd, "add") == 0)
 		rc = cmd_add(&c, argc, argv);
 	else if (strcmp(cmd, "delete") == 0)

@@ -266,6 +266,7 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 	struct ruleset *rs = running.rs;
 	uint16_t old[MAX_PORTS], new[MAX_PORTS];
 	size_t nold, nnew, bound = 0;
+	struct rule_count *saved;
 
 	nold = rules_ports(rs, old, MAX_PORTS);
 	nnew = rules_ports(nrs, new, MAX_PORTS);
@@ -279,6 +280,7 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 		}
 		bound = i + 1;
 	}
+	saved = counters_save();
 	if (fw_replace(running.backend, nrs, running.ml) < 0) {
 		snprintf(err, errlen, "the kernel did not take the new rules");
 		/* iptables replaces one family at a time: if the second
@@ -286,8 +288,10 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 		if (fw_replace(running.backend, rs, running.ml) < 0)
 			log_err("the running rules could not be restored "
 				"everywhere either");
+		counters_carry(rs, saved, rs);
 		goto undo;
 	}
+	counters_carry(rs, saved, nrs);
 	ruleset_free(rs);
 	*rs = *nrs;		/* divert_sock.c reads it through cfg->rs */
 	*nrs = (struct ruleset){ 0 };
@@ -534,6 +538,7 @@ out_close:
 	inject_close();
 	iftable_close();
 out_rules:
+	counters_free();
 	ruleset_free(&rs);
 	return ret;
 }

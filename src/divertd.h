@@ -9,6 +9,7 @@
  *   nfq_bridge.c   the only code that speaks NETLINK_NETFILTER (NFQUEUE)
  *   divert_sock.c  the only code that speaks the client protocol
  *   control.c      the only code that runs divertctl's commands
+ *   counters.c     each rule's counts across zero and rule changes
  *   inject.c       packets written that answer no held packet
  *   cksum.c        checksum completion before a client sees a packet
  *   log.c          logging to stderr, journald-style priority prefixes
@@ -140,6 +141,13 @@ uint16_t rules_tee_value(const struct ruleset *rs, const struct rule *r);
 const struct rule *rules_find_tee_rule(const struct ruleset *rs,
 				       uint16_t value, uint16_t port);
 
+/* The comment on the firewall rules r becomes ("rule 300 #1": the first
+ * rule numbered 300), and back from such a comment to the index of its
+ * rule in rs (-1: none). */
+void rules_label(const struct ruleset *rs, const struct rule *r, char *buf,
+		 size_t len);
+long rules_label_index(const struct ruleset *rs, const char *label);
+
 /* Distinct divert/tee ports, ascending; returns how many (<= max). */
 size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max);
 
@@ -256,6 +264,14 @@ int fw_replace(enum fw_backend b, const struct ruleset *rs,
 	       const struct mark_layout *ml);
 /* Remove our rules from both backends; quiet when there are none. */
 void fw_remove(void);
+/* What the kernel counted for each rule of rs, summed over the firewall
+ * rules it became (rules_label()): c[i] for rs->rules[i].  0, or -1 when
+ * the counters could not be read (c is then partly filled). */
+struct rule_count {
+	uint64_t packets, bytes;
+};
+int fw_counters(enum fw_backend b, const struct ruleset *rs,
+		struct rule_count *c);
 
 /* ---- nfq_bridge.c ----------------------------------------------------- */
 
@@ -360,6 +376,22 @@ bool daemon_uses_nft(void);
  * in the log. */
 int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 		 size_t errlen);
+
+/* ---- counters.c ------------------------------------------------------- */
+
+/* Each running rule's counts as divertctl show prints them: c[i] for
+ * daemon_rules()->rules[i].  0, or -1 when the kernel's could not be read. */
+int counters_get(struct rule_count *c);
+/* Zero the rules marked in which (one flag per running rule; NULL: all). */
+int counters_zero(const bool *which);
+/* Around a rule change (daemon_apply()): the counts before it (malloc'd,
+ * NULL when they could not be read), then, once nrs is in the kernel with
+ * fresh counters, give each rule of nrs that old had the counts it had.
+ * counters_carry() frees saved. */
+struct rule_count *counters_save(void);
+void counters_carry(const struct ruleset *old, struct rule_count *saved,
+		    const struct ruleset *nrs);
+void counters_free(void);
 
 /* ---- control.c -------------------------------------------------------- */
 

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <jansson.h>
 #include <nftables/libnftables.h>
 
 #include "divertd.h"
@@ -263,6 +264,110 @@ int fw_replace(enum fw_backend b, const struct ruleset *rs,
 		if (ret < 0)
 			return -1;
 	}
+	return 0;
+}
+
+/* ---- counters ------------------------------------------------------------ */
+
+/* nft's JSON listing of our table: each rule with a "rule N #K" comment
+ * has a counter expression. */
+static int nft_counters(const struct ruleset *rs, struct rule_count *c)
+{
+	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+	json_t *root = NULL, *items;
+	size_t i;
+	json_t *item;
+	int ret = -1;
+
+	if (ctx == NULL)
+		return -1;
+	nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON);
+	nft_ctx_buffer_output(ctx);
+	nft_ctx_buffer_error(ctx);
+	if (nft_run_cmd_from_buffer(ctx, "list table inet divertd\n") != 0) {
+		log_warn("nft: %s", nft_ctx_get_error_buffer(ctx));
+		goto out;
+	}
+	root = json_loads(nft_ctx_get_output_buffer(ctx), 0, NULL);
+	items = json_object_get(root, "nftables");
+	if (!json_is_array(items))
+		goto out;
+	json_array_foreach(items, i, item) {
+		json_t *rule = json_object_get(item, "rule"), *e;
+		const char *comment = json_string_value(json_object_get(rule,
+								       "comment"));
+		long k = comment != NULL ? rules_label_index(rs, comment) : -1;
+		size_t j;
+
+		if (k < 0)
+			continue;
+		json_array_foreach(json_object_get(rule, "expr"), j, e) {
+			json_t *ctr = json_object_get(e, "counter");
+
+			c[k].packets += (uint64_t)json_integer_value(
+				json_object_get(ctr, "packets"));
+			c[k].bytes += (uint64_t)json_integer_value(
+				json_object_get(ctr, "bytes"));
+		}
+	}
+	ret = 0;
+out:
+	json_decref(root);
+	nft_ctx_free(ctx);
+	return ret;
+}
+
+/* iptables-save -c: "[PACKETS:BYTES] -A divertd-... --comment "rule N #K"". */
+static int ipt_counters(int family, const struct ruleset *rs,
+			struct rule_count *c)
+{
+	static char save4[] = "iptables-save", save6[] = "ip6tables-save";
+	static char opt_c[] = "-c", opt_t[] = "-t", mangle[] = "mangle";
+	static const char key[] = "--comment \"";
+	char *argv[] = { family == 4 ? save4 : save6, opt_c, opt_t, mangle,
+			 NULL };
+	char *saved = NULL, *line, *next;
+
+	if (spawn_run(argv, NULL, &saved) != 0 || saved == NULL) {
+		free(saved);
+		return -1;
+	}
+	for (line = saved; *line; line = next) {
+		unsigned long long pk, by;
+		char *lab, *end;
+		long k;
+
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		else
+			next = line + strlen(line);
+		if (sscanf(line, "[%llu:%llu] -A divertd-", &pk, &by) != 2 ||
+		    (lab = strstr(line, key)) == NULL)
+			continue;
+		lab += sizeof(key) - 1;
+		end = strchr(lab, '"');
+		if (end == NULL)
+			continue;
+		*end = '\0';
+		k = rules_label_index(rs, lab);
+		if (k < 0)
+			continue;
+		c[k].packets += pk;
+		c[k].bytes += by;
+	}
+	free(saved);
+	return 0;
+}
+
+int fw_counters(enum fw_backend b, const struct ruleset *rs,
+		struct rule_count *c)
+{
+	memset(c, 0, rs->n * sizeof(*c));
+	if (b == FW_NFT)
+		return nft_counters(rs, c);
+	if (ipt_counters(4, rs, c) < 0 || ipt_counters(6, rs, c) < 0)
+		return -1;
 	return 0;
 }
 

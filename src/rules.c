@@ -10,17 +10,21 @@
  *     it sees on output (OUTPUT for local packets, FORWARD for routed ones).
  *     A rule runs in the passes its in/out options allow.
  *   - Each pass is cut into SEGMENTS, one chain per distinct rule number, in
- *     number order.  A segment ends by going to the next one; the last goes
- *     to the pass's "end" chain, which clears the tag and accepts.
+ *     number order.  A DRIVER chain per pass jumps to each segment in turn,
+ *     behind a guard that lets in only packets whose tag is below the
+ *     segment's number, and ends by clearing the tag; the packet then goes
+ *     on through the host's own rules.
  *   - The tag lives in the packet mark, under a configurable mask
- *     (struct mark_layout).  Every pass starts with a dispatcher: a packet
- *     whose tag is N goes straight to the first segment numbered above N, so
- *     a re-injected packet resumes after every rule sharing its number; tag 0
- *     starts at the first segment.
- *   - divert and tee set the tag to their own rule number and hand the packet
- *     to NFQUEUE queue PORT.  divertd answers with the packet and a mark, and
- *     NF_REPEAT runs the hook again, through the dispatcher.  (Whether the
+ *     (struct mark_layout).  A packet whose tag is N passes the guards of
+ *     every segment up to N and enters the first one above, so a re-injected
+ *     packet resumes after every rule sharing its number; tag 0 starts at
+ *     the first segment.  allow and skipto only raise the tag and return.
+ *   - divert sets the tag to its own rule number (tee to a value of its own,
+ *     below) and hands the packet to NFQUEUE queue PORT.  divertd answers with the packet and a mark, and
+ *     NF_REPEAT runs the hook again, through the driver.  (Whether the
  *     queued packet is a copy, for tee, is divertd's business, not ours.)
+ *   - Every firewall rule a config rule becomes counts, and names the config
+ *     rule in a comment (rules_label()), for divertctl show.
  *
  * Two dialects come out of one walk over the same segments: one nftables
  * "table inet divertd" for both families, and iptables-restore text for
@@ -191,6 +195,39 @@ const struct rule *rules_find_tee_rule(const struct ruleset *rs,
 			return r->arg == port ? r : NULL;
 	}
 	return NULL;
+}
+
+/* ---- counter labels ------------------------------------------------------ */
+
+/*
+ * Every firewall rule a config rule becomes carries a counter and the
+ * comment "rule NUM #K" (the K-th rule numbered NUM, from 1), so that
+ * divertctl show can add up what the kernel counted for each config rule,
+ * and an administrator reading `nft list table inet divertd` sees which
+ * rule a line comes from.
+ */
+void rules_label(const struct ruleset *rs, const struct rule *r, char *buf,
+		 size_t len)
+{
+	unsigned k = 1;
+
+	for (const struct rule *q = r; q > rs->rules && q[-1].num == r->num; q--)
+		k++;
+	snprintf(buf, len, "rule %u #%u", r->num, k);
+}
+
+long rules_label_index(const struct ruleset *rs, const char *label)
+{
+	unsigned num, k;
+	int end = -1;
+
+	if (sscanf(label, "rule %5u #%5u%n", &num, &k, &end) != 2 ||
+	    label[end] != '\0' || k == 0)
+		return -1;
+	for (size_t i = 0; i < rs->n; i++)
+		if (rs->rules[i].num == num && --k == 0)
+			return (long)i;
+	return -1;
 }
 
 /* ---- a growing string -------------------------------------------------- */
@@ -542,12 +579,13 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 	int nsp = norm_ports(&r->src, sp), ndp = norm_ports(&r->dst, dp);
 	int nsc = 1, ndc = 1, nic, nexp;
 	uint8_t types[RULE_MAX_ICMPTYPES];
-	char pbuf[8], target[64], cont[64];
+	char pbuf[8], target[64], cont[64], label[32];
 	const char *pname = r->proto == PROTO_ANY ? NULL :
 			    proto_name(r->proto, pbuf, sizeof(pbuf));
 	const char *pw = pass_word[c->pass];
 	bool v6 = c->fam == FAM_V6;
 
+	rules_label(c->rs, r, label, sizeof(label));
 	iface_plan(r, c->pass, &pl);
 	if (nsp > 1)
 		nsc = ipt_port_chunks(sp, nsp, sstart);
@@ -642,7 +680,7 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 			sb_printf(b, v6 ? " -m icmp6 --icmpv6-type %u" :
 				  " -m icmp --icmp-type %u", types[e]);
 		}
-		sb_printf(b, "%s\n", target);
+		sb_printf(b, " -m comment --comment \"%s\"%s\n", label, target);
 	}
 	if (r->action == ACT_DIVERT || r->action == ACT_TEE)
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j NFQUEUE "
@@ -845,7 +883,7 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 	int nsp = norm_ports(&r->src, sp), ndp = norm_ports(&r->dst, dp);
 	uint8_t types[RULE_MAX_ICMPTYPES];
 	int nic = norm_icmptypes(r, types);
-	char pbuf[8];
+	char pbuf[8], label[32];
 	const char *pname = r->proto == PROTO_ANY ? NULL :
 			    proto_name(r->proto, pbuf, sizeof(pbuf));
 	struct sbuf m = { 0 };
@@ -873,6 +911,7 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 		sb_printf(&m, " }");
 	}
 
+	sb_printf(&m, " counter");
 	switch (r->action) {
 	case ACT_DIVERT:
 	case ACT_TEE:
@@ -888,13 +927,14 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 		sb_printf(&m, " drop");
 		break;
 	case ACT_COUNT:
-		sb_printf(&m, " counter");
 		break;
 	case ACT_SKIPTO:
 		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x return",
 			  ~ml->mask, tagmark(ml, skipto_tag(rs, r)));
 		break;
 	}
+	rules_label(rs, r, label, sizeof(label));
+	sb_printf(&m, " comment \"%s\"", label);
 	if (m.failed)
 		b->failed = true;
 	else

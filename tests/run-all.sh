@@ -61,10 +61,20 @@ install_layout() { # the contract: P/sbin, P/lib, P/include
 	test -f "$p/include/divert.h" &&
 	echo '#include <divert.h>
 int main(void) { return PF_DIVERT == 44 && IPPROTO_DIVERT == 258 ? 0 : 1; }' |
-		cc -x c - -I"$p/include" -o "$p/t" && "$p/t"
-	local rc=$?
+		cc -x c - -I"$p/include" -o "$p/t" && "$p/t" || { rm -rf "$p"; return 1; }
+	rm -f "$p/t"
+	# the README's table of installed files is the install, no more, no less
+	local documented installed
+	documented=$(grep -o '^| .*`P/[^`]*`' README.md | grep -o '`P/[^`]*`' |
+		tr -d '`' | grep -E '^P/[A-Za-z0-9_./{},-]+$' |
+		while read -r pat; do eval "printf '%s\\n' $pat"; done | sort)
+	installed=$(cd "$p" && find . -type f -o -type l | sed 's|^\.|P|' | sort)
 	rm -rf "$p"
-	return $rc
+	if [ "$documented" != "$installed" ]; then
+		echo "README's table and the install differ (< README, > installed):"
+		diff <(echo "$documented") <(echo "$installed")
+		return 1
+	fi
 }
 step "cmake --install layout" install_layout
 step "golden rulesets load in the kernel" bash tests/golden/check-syntax.sh

@@ -4,8 +4,10 @@
 # reach a divert program only while a rule sends them there) and leave the
 # config file alone (SIGHUP puts it back); a bad rule is refused with the
 # parser's message and changes nothing; stats move with traffic; sockets
-# names the bound program; rules --iptables is what the kernel holds; -j is
-# JSON with the same numbers; add/delete under a steady stream lose no
+# names the bound program; rules --iptables is what the kernel holds; show
+# counts each rule's packets and bytes as ipfw show does, zero clears them,
+# rule changes keep them; -j is JSON with the same numbers; add/delete
+# under a steady stream lose no
 # packet; a missing socket or a non-root caller get a clear message.
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -156,6 +158,57 @@ wait "$PPID_"
 received=$(awk '/packets transmitted/ { print $4 }' "$TMP/ping.out")
 check "9 changes under a steady stream: all 400 pings answered ($received), each through the program ($(( $(echoed) - before )))" \
 	test "$okc/$received/$(( $(echoed) - before ))" = "9/400/400"
+
+# --- show and zero: each rule's counts, as ipfw show prints them
+# counts NUM [-j]: "PACKETS/BYTES" of rule NUM from show (text or JSON)
+counts() {
+	if [ "${2:-}" = -j ]; then
+		ctl -j show | /usr/bin/python3 -c 'import json,sys
+for r in json.load(sys.stdin):
+    if r["number"] == int(sys.argv[1]): print("%d/%d" % (r["packets"], r["bytes"]))' "$1"
+	else
+		ctl show | awk -v n="$1" '$1 + 0 == n { print $2 "/" $3 }'
+	fi
+}
+out=$(ctl zero); rc=$?
+check "zero: exit 0, ipfw's words ($out)" test "$rc/$out" = "0/Accounting cleared."
+check "... every rule shows 0 packets, 0 bytes" \
+	test "$(ctl show | awk '{ print $2 "/" $3 }' | sort -u)" = "0/0"
+n=$(pings 4)
+# an echo request of ping's default size is 84 bytes of IP
+check "show: the divert rule counted the 4 echo requests, 336 bytes ($(counts 150))" \
+	test "$n/$(counts 150)" = "4/4/336"
+c100=$(counts 100)
+check "... the count rule saw them in and their replies out (${c100%/*} >= 8)" \
+	test "${c100%/*}" -ge 8
+check "... the allow rule for tcp saw none ($(counts 200))" test "$(counts 200)" = "0/0"
+check "... show -j: the same numbers ($(counts 150 -j), $(counts 100 -j))" \
+	test "$(counts 150 -j)/$(counts 100 -j)" = "4/336/$c100"
+check "... each line is the list line with the counts after the number" \
+	test "$(ctl show | awk '{ $2 = ""; $3 = ""; print }' | tr -s ' ')" = "$(ctl list)"
+out=$(ctl show 150); rc=$?
+check "show 150: that rule only ($out)" \
+	test "$rc/$(echo "$out" | wc -l)/${out%% *}" = "0/1/00150"
+out=$(ctl zero 150); rc=$?
+check "zero 150: exit 0, 'Entry 150 cleared'; rule 150 at 0, rule 100 untouched" \
+	test "$rc/$out/$(counts 150)/$(counts 100)" = "0/Entry 150 cleared/0/0/$c100"
+pings 2 >/dev/null
+ctl add 300 count udp from any to any >/dev/null
+check "a rule change keeps the counts of the rules that stay ($(counts 150) after add)" \
+	test "$(counts 150)/$(counts 300)" = "2/168/0/0"
+ctl delete 300 >/dev/null
+check "... and after delete ($(counts 150))" test "$(counts 150)" = "2/168"
+err=$(ctl zero 999 2>&1); rc=$?
+check "zero of a number no rule has: exit 1 ($err)" \
+	test "$rc/$err" = "1/divertctl: zero: no rule numbered 999; nothing changed"
+check "... and nothing was zeroed" test "$(counts 150)" = "2/168"
+err=$(ctl show 12x 2>&1); rc=$?
+check "show of a word that is no number: exit 1 ($err)" \
+	test "$rc/$err" = "1/divertctl: show: '12x' is not a rule number (1..65534)"
+pings 1 >/dev/null
+pk=$(ip netns exec "$H" iptables-save -c -t mangle | grep -F -- '--comment "rule 150 #1"' | sed 's/^\[\([0-9]*\):.*/\1/' | awk '{ n += $1 } END { print n + 0 }')
+check "the kernel's counters name the rule and count since the last change: iptables-save -c has 1 for \"rule 150 #1\" ($pk), show 3 ($(counts 150))" \
+	test "$pk/$(counts 150)" = "1/3/252"
 
 # --- flush, then SIGHUP puts the file's rules back
 out=$(ctl flush); rc=$?

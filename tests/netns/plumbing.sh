@@ -361,6 +361,16 @@ if grep -q 'nftables backend' "$TMP/divertd-nft.log"; then
 	check "nftables: skipto jumps over a deny, allow stops before another (ping succeeds)" test $? -eq 0
 	n=$(ip netns exec "$H" nft list chain inet divertd in_300 | grep -o 'packets [0-9]*' | head -1 | cut -d' ' -f2)
 	check "nftables: the count rule after the skipto saw both requests (counted $n)" test "${n:-0}" -ge 2
+	# divertctl show reads the same counters (libnftables, JSON); echo
+	# requests and replies of ping's default size are 84 bytes of IP
+	shown() { "$BUILD/divertctl" -s "$SOCK" show | awk '{ printf "%d:%s/%s ", $1, $2, $3 }'; }
+	check "nftables: divertctl show counts each rule ($(shown))" \
+		test "$(shown)" = "100:2/168 200:0/0 300:4/336 400:2/168 500:0/0 "
+	"$BUILD/divertctl" -s "$SOCK" zero 300 >/dev/null
+	ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
+	"$BUILD/divertctl" -s "$SOCK" add 600 count udp from any to any >/dev/null
+	check "nftables: zero 300, one more ping, a rule added: counts carried over the new table ($(shown))" \
+		test "$(shown)" = "100:3/252 200:0/0 300:2/168 400:3/252 500:0/0 600:0/0 "
 	stop_divertd
 	check "nftables: the table is removed at exit" \
 		bash -c "! ip netns exec '$H' nft list tables | grep -q divertd"

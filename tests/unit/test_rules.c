@@ -111,13 +111,49 @@ static int count_lines(const char *text, const char *needle)
 	return n;
 }
 
+/*
+ * A copy of one generated line without what counts it (golden files and
+ * test_counter_labels check that part): the iptables comment match, and
+ * nft's counter before the verdict and comment at the end.
+ */
+static char *unlabeled(const char *line, size_t len)
+{
+	static const char *const cut[] = {
+		" -m comment --comment \"rule ", " comment \"rule ",
+	};
+	char *s = strndup(line, len), *p;
+
+	assert_non_null(s);
+	for (size_t i = 0; i < 2; i++) {
+		p = strstr(s, cut[i]);
+		if (p != NULL) {
+			char *end = strchr(p + strlen(cut[i]), '"');
+
+			assert_non_null(end);
+			memmove(p, end + 1, strlen(end + 1) + 1);
+		}
+	}
+	p = strstr(s, "counter ");
+	if (p != NULL && (p == s || p[-1] == ' ' || p[-1] == '\t') &&
+	    strncmp(p, "counter packets", 15) != 0)
+		memmove(p, p + 8, strlen(p + 8) + 1);
+	return s;
+}
+
+/* True when text has line as a whole line, counter labels aside. */
 static bool has_line(const char *text, const char *line)
 {
-	size_t n = strlen(line);
+	for (const char *p = text; *p;) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p) : strlen(p);
+		char *got = unlabeled(p, len);
+		bool same = strcmp(got, line) == 0;
 
-	for (const char *p = text; (p = strstr(p, line)); p++)
-		if ((p == text || p[-1] == '\n') && (p[n] == '\n' || !p[n]))
+		free(got);
+		if (same)
 			return true;
+		p += len + (nl ? 1 : 0);
+	}
 	return false;
 }
 
@@ -719,6 +755,58 @@ static void test_format_round_trip(void **state)
 	}
 }
 
+/* Every firewall rule that a config rule becomes names it, and the name
+ * leads back to it: divertctl show adds the counts up by this. */
+static void test_counter_labels(void **state)
+{
+	struct ruleset rs = parse("100 count tcp from any to any\n"
+				  "100 deny udp from any to any 1,2,3,4,5,6,7,8,"
+				  "9,10,11,12,13,14,15,16,17\n"
+				  "200 tee 9000 ip from any to any\n"
+				  "100 allow icmp from any to any icmptypes 0,8\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt = rules_ipt_text(&rs, &ml, 4), *nft = rules_nft_text(&rs, &ml);
+	char label[32];
+
+	(void)state;
+	rules_label(&rs, &rs.rules[0], label, sizeof(label));
+	assert_string_equal(label, "rule 100 #1");
+	rules_label(&rs, &rs.rules[2], label, sizeof(label));
+	assert_string_equal(label, "rule 100 #3");
+	rules_label(&rs, &rs.rules[3], label, sizeof(label));
+	assert_string_equal(label, "rule 200 #1");
+	for (size_t i = 0; i < rs.n; i++) {
+		rules_label(&rs, &rs.rules[i], label, sizeof(label));
+		assert_int_equal(rules_label_index(&rs, label), (long)i);
+	}
+	assert_int_equal(rules_label_index(&rs, "rule 100 #4"), -1);
+	assert_int_equal(rules_label_index(&rs, "rule 300 #1"), -1);
+	assert_int_equal(rules_label_index(&rs, "rule 100 #0"), -1);
+	assert_int_equal(rules_label_index(&rs, "rule 100 #1 "), -1);
+	assert_int_equal(rules_label_index(&rs, "activates defragmentation"), -1);
+
+	/* iptables: the udp rule's 17 ports take two lines, icmptypes one
+	 * line per type; each counts for its rule, in both passes */
+	assert_int_equal(count_lines(ipt, "--comment \"rule 100 #2\" -j DROP"), 4);
+	assert_int_equal(count_lines(ipt, "--comment \"rule 100 #3\" -j MARK"), 4);
+	assert_int_equal(count_lines(ipt, "--comment \"rule 100 #1\""), 2);
+	/* the tee's mark line counts it, not the NFQUEUE line after it */
+	assert_int_equal(count_lines(ipt, "--comment \"rule 200 #1\" -j MARK"), 2);
+	assert_int_equal(count_lines(ipt, "NFQUEUE"), 2);
+	assert_int_equal(count_lines(ipt, "-m comment --comment \"rule "), 12);
+	/* nft: one rule per pass, each with a counter ahead of its verdict */
+	assert_int_equal(count_lines(nft, "\t\tmeta l4proto tcp counter comment "
+				     "\"rule 100 #1\""), 2);
+	assert_int_equal(count_lines(nft, "counter meta mark set meta mark & "
+				     "0x0000ffff | 0xfffe0000 queue num 9000 "
+				     "comment \"rule 200 #1\""), 2);
+	assert_int_equal(count_lines(nft, " counter drop comment \"rule 100 #2\""), 2);
+	assert_int_equal(count_lines(nft, "comment \"rule "), 8);
+	free(ipt);
+	free(nft);
+	ruleset_free(&rs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -738,6 +826,7 @@ int main(void)
 		cmocka_unit_test(test_golden),
 		cmocka_unit_test(test_format_text),
 		cmocka_unit_test(test_format_round_trip),
+		cmocka_unit_test(test_counter_labels),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
