@@ -85,9 +85,6 @@
 #define SHIM_TIMEOUT_MS 5000		/* connect, welcome, bind reply */
 #define SHIM_IOV_MAX 64			/* caller iovecs per packet */
 #define SHIM_READS 1024			/* reads remembered per socket */
-/* FreeBSD's sb_max_adj with the default kern.ipc.maxsockbuf (2 MiB):
- * a larger SO_RCVBUF / SO_SNDBUF fails with ENOBUFS there */
-#define SHIM_SOCKBUF_MAX 1864135
 
 /* ---- the real functions ---------------------------------------------- */
 
@@ -669,8 +666,8 @@ static int div_socket(int type)
 		return set_errno(EINVAL);
 	if ((type & SHIM_SOCK_TYPE_MASK) != SOCK_RAW)
 		return set_errno(EPROTOTYPE);
-	if (geteuid() != 0)
-		return set_errno(EPERM);
+	/* who may divert is divertd's to say (root, or its group): the
+	 * socket file's mode and the welcome tell */
 
 	shim_busy = 1;
 	ds = calloc(1, sizeof(*ds));
@@ -691,6 +688,8 @@ static int div_socket(int type)
 		return set_errno(socket_errno(-fd));
 	}
 	err = daemon_read(fd, DW_WELCOME, &hdr);
+	if (err == 0 && hdr.arg != 0)
+		err = -(int)hdr.arg;	/* refused: EPERM, ENOBUFS */
 	if (err < 0) {
 		dbg("no welcome from divertd: %s", strerror(-err));
 		REAL(close)(fd);
@@ -1274,7 +1273,7 @@ static int div_setsockopt(int fd, int level,
 	memcpy(&v, optval, sizeof(v));
 	if (v <= 0)
 		return set_errno(EINVAL);
-	if (v > SHIM_SOCKBUF_MAX)
+	if (v > DIVERT_WIRE_SOCKBUF_MAX)
 		return set_errno(ENOBUFS);
 	reg_set_buf(fd, name, v);
 

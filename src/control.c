@@ -6,8 +6,9 @@
  * as one DW_CTL message and prints the DW_CTLREPLY text it gets back, with
  * the exit status the reply carries.  divert_sock.c speaks that protocol;
  * it hands the strings here and sends back what comes out.  Only root gets
- * that far: the socket is mode 0600 and divert_sock.c refuses any peer
- * whose uid (SO_PEERCRED) is not 0.
+ * that far: divert_sock.c refuses any peer (SO_PEERCRED) that is neither
+ * root nor in divertd's group, and group members may only look: add,
+ * delete, flush and zero take root (CTL_ROOT).
  *
  * What flows through here, one request at a time, inside the poll loop (so
  * nothing else runs while a command does):
@@ -553,6 +554,7 @@ static int cmd_rules(struct ctl *c, int argc, char **argv)
 int control_run(int argc, char **argv, unsigned flags, char **out)
 {
 	struct ctl c = { .json = (flags & DW_CTL_JSON) != 0 };
+	static const char *const changes[] = { "add", "delete", "flush", "zero" };
 	size_t len = 0;
 	const char *cmd;
 	int rc;
@@ -562,6 +564,13 @@ int control_run(int argc, char **argv, unsigned flags, char **out)
 	if (c.f == NULL)
 		return 1;
 	cmd = argc > 0 ? argv[0] : "";
+	for (size_t i = 0; i < sizeof(changes) / sizeof(changes[0]); i++)
+		if (strcmp(cmd, changes[i]) == 0 && !(flags & CTL_ROOT)) {
+			fprintf(c.f, "%s: permission denied: only root changes "
+				"the rules and counters\n", cmd);
+			fclose(c.f);
+			return 1;
+		}
 	if (strcmp(cmd, "list") == 0)
 		rc = cmd_list(&c, argc, argv, false);
 	else if (strcmp(cmd, "show") == 0)

@@ -51,7 +51,6 @@
 #include "divertd.h"
 #include "divert_wire.h"
 
-#define MAX_CLIENTS	1024
 #define HELD_POOL	16384		/* held packets, all clients */
 #define CLIENT_HELD_MAX	4096		/* held packets, one client */
 #define PENDING_MAX	256		/* sends collected in one batch */
@@ -62,7 +61,8 @@ struct held;
 
 struct client {
 	struct pollable p;		/* first: epoll data.ptr */
-	uint64_t id;
+	uint64_t id;			/* random: a secret of the connection */
+	bool root;			/* may change the rules (divertctl) */
 	bool bound;
 	uint16_t port;
 	uint32_t rcvbuf;
@@ -95,10 +95,8 @@ static struct pollable listener = { .fd = -1 };
 static int reserve_fd = -1;		/* given up when accept hits EMFILE */
 static char listen_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct client *port_owner[65536];
-static struct client *clients[MAX_CLIENTS];
+static struct client **clients;		/* cfg->max_clients of them */
 static unsigned nclients;
-static uint64_t next_conn_id;		/* random start: ids of an earlier
-					 * divertd name nothing here */
 
 static struct held *held_pool, *held_free;
 static struct held *gfirst, *glast;
@@ -323,8 +321,16 @@ static void client_setopt(struct client *c, const struct divert_wire_hdr *m)
 {
 	int v = (int)m->val;
 
-	if (m->arg != SO_RCVBUF || v <= 0)
+	if (m->arg != SO_RCVBUF && m->arg != SO_SNDBUF)
+		stats.bad_writes++;
+	if (m->arg != SO_RCVBUF)
 		return;
+	if (v <= 0 || m->val > DIVERT_WIRE_SOCKBUF_MAX) {
+		/* the shim refuses these (ENOBUFS); a client that sends one
+		 * anyway gets nothing: the buffer is what the daemon pays */
+		stats.bad_writes++;
+		return;
+	}
 	/* what the client has not read yet waits in our end's send buffer
 	 * (FORCE: not capped at net.core.wmem_max, as SO_RCVBUF is not on
 	 * FreeBSD below its own limit) */
@@ -462,7 +468,8 @@ static void client_control(struct client *c, const struct divert_wire_hdr *m,
 	for (size_t i = 0; i < len && argc < CTL_MAXARGS; i += strlen(args + i) + 1)
 		argv[argc++] = args + i;
 	argv[argc] = NULL;
-	status = control_run(argc, argv, m->arg, &out);
+	status = control_run(argc, argv, (m->arg & DW_CTL_JSON) |
+			     (c->root ? CTL_ROOT : 0), &out);
 	text = out != NULL ? out : nomem;
 	tlen = strlen(text);
 	hdr.arg = out != NULL ? (uint32_t)status : 1;
@@ -572,6 +579,51 @@ gone:
 	client_close(c);
 }
 
+/* May this peer divert?  Root, or a member of the configured group (its
+ * primary group or one of its supplementary groups, SO_PEERGROUPS). */
+static bool peer_allowed(int fd, const struct ucred *cred)
+{
+	gid_t groups[256];
+	socklen_t len = sizeof(groups);
+
+	if (cred->uid == 0)
+		return true;
+	if (cfg->group == (gid_t)-1)
+		return false;
+	if (cred->gid == cfg->group)
+		return true;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false;
+	for (size_t i = 0; i < len / sizeof(groups[0]); i++)
+		if (groups[i] == cfg->group)
+			return true;
+	return false;
+}
+
+/* Turn a connection away with the errno its socket() should fail with. */
+static void refuse(int fd, int err)
+{
+	struct divert_wire_hdr no = {
+		.type = DW_WELCOME, .version = DIVERT_WIRE_VERSION,
+		.arg = (uint32_t)err,
+	};
+
+	send(fd, &no, sizeof(no), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(fd);
+}
+
+/* A connection id no one can guess, and no client has. */
+static uint64_t new_conn_id(void)
+{
+	uint64_t id;
+
+	do {
+		if (getrandom(&id, sizeof(id), 0) != sizeof(id))
+			return 0;
+	} while (id == 0 || client_by_id(id) != NULL);
+	return id;
+}
+
 static void listener_event(struct pollable *p, uint32_t events)
 {
 	struct divert_wire_hdr hello = {
@@ -602,21 +654,32 @@ static void listener_event(struct pollable *p, uint32_t events)
 		if (fd < 0)
 			break;
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) < 0 ||
-		    cred.uid != 0) {
-			/* creating a divert socket takes root */
-			close(fd);
+		    !peer_allowed(fd, &cred)) {
+			/* a divert socket takes privilege, as on FreeBSD */
+			log_limited(&rl_client, 5, "refusing a client (uid %d, "
+				    "pid %d): neither root nor in divertd's "
+				    "group", (int)cred.uid, (int)cred.pid);
+			refuse(fd, EPERM);
 			continue;
 		}
-		if (nclients == MAX_CLIENTS || (c = calloc(1, sizeof(*c))) == NULL) {
-			log_limited(&rl_client, 4, "refusing client: %s",
-				    nclients == MAX_CLIENTS ? "too many clients"
-							   : strerror(errno));
-			close(fd);
+		if (nclients >= cfg->max_clients) {
+			log_limited(&rl_client, 4, "refusing a client (pid %d): "
+				    "%u clients, the limit (-c)", (int)cred.pid,
+				    nclients);
+			refuse(fd, ENOBUFS);
+			continue;
+		}
+		if ((c = calloc(1, sizeof(*c))) == NULL ||
+		    (c->id = new_conn_id()) == 0) {
+			log_limited(&rl_client, 4, "refusing a client: %s",
+				    strerror(errno));
+			free(c);
+			refuse(fd, ENOBUFS);
 			continue;
 		}
 		c->p.fd = fd;
 		c->p.handle = client_event;
-		c->id = next_conn_id++;
+		c->root = cred.uid == 0;
 		c->pid = cred.pid;
 		c->rcvbuf = 65636;
 		v = (int)c->rcvbuf;
@@ -769,17 +832,14 @@ int divert_sock_open(const struct divert_config *c)
 	int fd;
 
 	cfg = c;
-	if (getrandom(&next_conn_id, sizeof(next_conn_id), 0) !=
-	    sizeof(next_conn_id))
-		next_conn_id = (uint64_t)time(NULL) << 32 | (uint64_t)getpid();
-	next_conn_id |= 1;
 	if (strlen(c->socket_path) >= sizeof(sun.sun_path) - 16) {
 		log_err("socket path too long: %s", c->socket_path);
 		return -1;
 	}
 	held_pool = calloc(HELD_POOL, sizeof(*held_pool));
 	wbuf = malloc((size_t)WRITE_BATCH * WRITE_SLOT);
-	if (held_pool == NULL || wbuf == NULL)
+	clients = calloc(c->max_clients, sizeof(*clients));
+	if (held_pool == NULL || wbuf == NULL || clients == NULL)
 		return -1;
 	for (size_t i = 0; i < HELD_POOL; i++) {
 		held_pool[i].gnext = held_free;
@@ -805,7 +865,8 @@ int divert_sock_open(const struct divert_config *c)
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", tmp);
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-	    chmod(tmp, 0600) < 0 || listen(fd, SOMAXCONN) < 0 ||
+	    chown(tmp, 0, c->group == (gid_t)-1 ? 0 : c->group) < 0 ||
+	    chmod(tmp, 0660) < 0 || listen(fd, SOMAXCONN) < 0 ||
 	    rename(tmp, c->socket_path) < 0) {
 		log_err("cannot listen on %s: %s", c->socket_path, strerror(errno));
 		unlink(tmp);
@@ -821,7 +882,7 @@ int divert_sock_open(const struct divert_config *c)
 
 void divert_sock_close(void)
 {
-	while (nclients > 0)
+	while (clients != NULL && nclients > 0)
 		client_close(clients[0]);
 	while (gfirst != NULL)
 		held_drop(gfirst);
@@ -835,8 +896,10 @@ void divert_sock_close(void)
 	reserve_fd = -1;
 	free(held_pool);
 	free(wbuf);
+	free(clients);
 	held_pool = NULL;
 	wbuf = NULL;
+	clients = NULL;
 }
 
 const struct divert_stats *divert_sock_stats(void)

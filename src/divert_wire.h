@@ -9,7 +9,12 @@
  *
  * Data connection (the application's fd):
  *   daemon -> client  DW_WELCOME   first message after accept; conn = the
- *                                  connection id that DW_BIND names.
+ *                                  connection id that DW_BIND names, a
+ *                                  64-bit random secret only this
+ *                                  connection is told.  arg = 0, or the
+ *                                  errno of a refusal (EPERM: the peer may
+ *                                  not divert; ENOBUFS: the client limit is
+ *                                  reached), after which the daemon closes.
  *   daemon -> client  DW_PACKET    hdr.addr = the FreeBSD divert address
  *                                  (tag in sin_port, host order; sin_addr;
  *                                  interface name in sin_zero); the packet
@@ -17,7 +22,8 @@
  *   client -> daemon  DW_PACKET    a written packet; hdr.addr = the sendto()
  *                                  address as given (INADDR_ANY = outgoing),
  *                                  arg = 1 when an address was given.
- *   client -> daemon  DW_SETOPT    arg = SO_RCVBUF or SO_SNDBUF, val = bytes.
+ *   client -> daemon  DW_SETOPT    arg = SO_RCVBUF or SO_SNDBUF, val = bytes
+ *                                  (at most DIVERT_WIRE_SOCKBUF_MAX).
  * Control connection (short-lived, one request, one reply; the shim skips
  * a DW_WELCOME that may come first on it too):
  *   client -> daemon  DW_BIND      conn = connection id, val = port (host
@@ -41,8 +47,15 @@
  *                                  NUL-terminated); text longer than one
  *                                  message comes in several, val = 1 on all
  *                                  but the last (val = 0).
- * Only root reaches the socket: it is mode 0600 and the daemon checks the
- * peer's uid (SO_PEERCRED) on every connection.
+ * Who may do what.  The socket file is owner root, mode 0660, in the group
+ * divertd is given (-g; root's otherwise).  The daemon checks every peer
+ * with SO_PEERCRED: root, or a member of that group, may divert (bind a
+ * port, read, write, inject); anyone else gets a DW_WELCOME with EPERM.
+ * Changing the rules with divertctl takes root.  A connection id is a
+ * secret: DW_BIND and DW_WRITE act on the connection they name only
+ * because a process that never held that connection cannot know its id,
+ * and a write on a data connection answers only packets that connection
+ * read.
  */
 #ifndef DIVERT_WIRE_H
 #define DIVERT_WIRE_H
@@ -81,6 +94,11 @@ struct divert_wire_hdr {
 };
 
 _Static_assert(sizeof(struct divert_wire_hdr) == 40, "wire header size");
+
+/* The largest SO_RCVBUF / SO_SNDBUF a divert socket takes: FreeBSD's
+ * default kern.ipc.maxsockbuf (2 MiB) less its overhead factor, as there;
+ * a larger one is ENOBUFS in the shim and refused by the daemon. */
+#define DIVERT_WIRE_SOCKBUF_MAX 1864135
 
 /* Largest packet either side carries (an IPv4 total length / IPv6 GSO). */
 #define DIVERT_WIRE_MAXPKT 65535

@@ -12,12 +12,17 @@
  *   4. install the rules;
  *   5. create the client socket: its file appears only now, so a client
  *      that waits for it knows everything is in place.
+ *   6. keep only CAP_NET_ADMIN and CAP_NET_RAW, as the user -u names if
+ *      given (libcap-ng): everything the daemon does from then on, and the
+ *      iptables-restore and tc it runs, needs no more.
  * Signal handlers only set flags; the loop sees them because signals are
  * blocked except inside epoll_pwait().
  */
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <cap-ng.h>
 #include <systemd/sd-daemon.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -36,6 +42,7 @@
 #define DEFAULT_CONFIG "/etc/divertd.conf"
 #define DEFAULT_MASK 0xffff0000u
 #define DEFAULT_HOLD_MS 5000
+#define DEFAULT_MAX_CLIENTS 1024
 /* Longer than one client may hold (CLIENT_HELD_MAX in divert_sock.c), so a
  * program that drops by never writing back evicts its oldest packets
  * rather than filling the kernel's queue. */
@@ -71,8 +78,8 @@ void loop_del(struct pollable *p)
 static void usage(FILE *f)
 {
 	fprintf(f,
-"usage: divertd [-dnv] [-f FILE] [-s SOCKET] [-b auto|nftables|iptables]\n"
-"               [-m MASK] [-t MS]\n"
+"usage: divertd [-dFnv] [-f FILE] [-s SOCKET] [-b auto|nftables|iptables]\n"
+"               [-m MASK] [-t MS] [-g GROUP] [-u USER] [-c MAX]\n"
 "FreeBSD divert(4) sockets on Linux: compiles ipfw-style rules into the\n"
 "kernel's firewall, relays diverted packets to divert programs (run them\n"
 "with LD_PRELOAD=libdivert_shim.so) and re-injects what they write.\n"
@@ -87,6 +94,14 @@ static void usage(FILE *f)
 "             16 bits or more (default 0x%08x)\n"
 "  -t MS      how long a packet read but never written back is held\n"
 "             before it is dropped (default %d)\n"
+"  -F         fail open: while no divertd reads a divert port's queue (it\n"
+"             was killed) or the queue is full, packets pass on instead of\n"
+"             being dropped\n"
+"  -g GROUP   members of GROUP may divert too (the socket is root:GROUP,\n"
+"             mode 0660); changing the rules stays root's\n"
+"  -u USER    run as USER once set up, keeping only CAP_NET_ADMIN and\n"
+"             CAP_NET_RAW (kept in any case)\n"
+"  -c MAX     clients connected at once, at most (default %d)\n"
 "  -v         log debug messages\n"
 "  -h         this help\n"
 "SIGHUP re-reads FILE and replaces the rules atomically, undoing changes\n"
@@ -94,7 +109,7 @@ static void usage(FILE *f)
 "rules stay); SIGTERM or SIGINT remove the rules and the socket and exit\n"
 "0; SIGUSR1 logs the counters.\n"
 "Under systemd (Type=notify) readiness is sent once everything is up.\n",
-		DEFAULT_MASK, DEFAULT_HOLD_MS);
+		DEFAULT_MASK, DEFAULT_HOLD_MS, DEFAULT_MAX_CLIENTS);
 }
 
 /* Print what -n shows: the text of both backends. */
@@ -156,6 +171,28 @@ static int netns_lock(void)
 }
 
 /* Every client is a descriptor: take the hard limit, not the soft 1024. */
+/*
+ * Keep CAP_NET_ADMIN (rules, queues, the veth and its tc filter, socket
+ * buffers) and CAP_NET_RAW (raw and packet sockets), nothing else, in every
+ * set, and in the ambient set so that the iptables-restore and tc we run
+ * have them too; as user (uid, gid) when uid is not -1.  0 or -1.
+ */
+static int drop_privileges(uid_t uid, gid_t gid)
+{
+	capng_clear(CAPNG_SELECT_ALL);
+	if (capng_updatev(CAPNG_ADD, CAPNG_EFFECTIVE | CAPNG_PERMITTED |
+			  CAPNG_INHERITABLE | CAPNG_BOUNDING_SET | CAPNG_AMBIENT,
+			  CAP_NET_ADMIN, CAP_NET_RAW, -1) < 0)
+		return -1;
+	if (uid != (uid_t)-1) {
+		if (capng_change_id((int)uid, (int)gid,
+				    CAPNG_DROP_SUPP_GRP | CAPNG_CLEAR_BOUNDING) < 0)
+			return -1;
+		return capng_apply(CAPNG_SELECT_AMBIENT) < 0 ? -1 : 0;
+	}
+	return capng_apply(CAPNG_SELECT_ALL) < 0 ? -1 : 0;
+}
+
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
@@ -346,7 +383,11 @@ int main(int argc, char **argv)
 	const char *socket_path = getenv("DIVERT_SOCKET");
 	enum fw_backend backend = FW_AUTO;
 	bool foreground = false, check_only = false, verbose = false;
+	bool fail_open = false;
 	unsigned long mask = DEFAULT_MASK, hold_ms = DEFAULT_HOLD_MS;
+	unsigned long max_clients = DEFAULT_MAX_CLIENTS;
+	uid_t uid = (uid_t)-1;
+	gid_t gid = (gid_t)-1, group = (gid_t)-1;
 	struct ruleset rs = { 0 };
 	struct mark_layout ml;
 	struct divert_config dc;
@@ -360,8 +401,40 @@ int main(int argc, char **argv)
 
 	if (socket_path == NULL || *socket_path == '\0')
 		socket_path = DIVERT_SOCKET_DEFAULT;
-	while ((opt = getopt(argc, argv, "b:df:hm:ns:t:v")) != -1) {
+	while ((opt = getopt(argc, argv, "b:c:dFf:g:hm:ns:t:u:v")) != -1) {
 		switch (opt) {
+		case 'c':
+			errno = 0;
+			max_clients = strtoul(optarg, &end, 10);
+			if (errno || *end || max_clients == 0 || max_clients > 65536) {
+				fprintf(stderr, "divertd: -c takes 1..65536 clients\n");
+				return 1;
+			}
+			break;
+		case 'F':
+			fail_open = true;
+			break;
+		case 'g': {
+			struct group *gr = getgrnam(optarg);
+
+			if (gr == NULL) {
+				fprintf(stderr, "divertd: -g: no group '%s'\n", optarg);
+				return 1;
+			}
+			group = gr->gr_gid;
+			break;
+		}
+		case 'u': {
+			struct passwd *pw = getpwnam(optarg);
+
+			if (pw == NULL) {
+				fprintf(stderr, "divertd: -u: no user '%s'\n", optarg);
+				return 1;
+			}
+			uid = pw->pw_uid;
+			gid = pw->pw_gid;
+			break;
+		}
 		case 'b':
 			if (strcmp(optarg, "nftables") == 0 || strcmp(optarg, "nft") == 0)
 				backend = FW_NFT;
@@ -428,6 +501,7 @@ int main(int argc, char **argv)
 			"16 or more bits\n", mask);
 		goto out_rules;
 	}
+	ml.fail_open = fail_open;
 	if (check_only) {
 		print_rules(&rs, &ml);
 		ret = 0;
@@ -460,7 +534,8 @@ int main(int argc, char **argv)
 		backend = fw_probe();
 	fw_remove();
 	nports = rules_ports(&rs, ports, MAX_PORTS);
-	if (nfqb_open(ports, nports, QUEUE_MAXLEN) < 0 || iftable_open() < 0 ||
+	if (nfqb_open(ports, nports, QUEUE_MAXLEN, fail_open) < 0 ||
+	    iftable_open() < 0 ||
 	    inject_open() < 0)
 		goto out_close;
 	nfq_p.fd = nfqb_fd();
@@ -480,8 +555,15 @@ int main(int argc, char **argv)
 	dc.rs = &rs;
 	dc.ml = &ml;
 	dc.hold_ms = (unsigned)hold_ms;
+	dc.group = group;
+	dc.max_clients = (unsigned)max_clients;
 	if (divert_sock_open(&dc) < 0)
 		goto out_rules_installed;
+	if (drop_privileges(uid, gid) < 0) {
+		log_err("cannot drop privileges%s: %s", uid != (uid_t)-1 ?
+			" to the user of -u" : "", strerror(errno));
+		goto out_rules_installed;
+	}
 	nfqb_set_handler(divert_sock_packet, divert_sock_flush, NULL);
 	log_info("ready: %zu rules, %zu divert ports, %s backend, socket %s",
 		 rs.n, nports, fw_backend_name(backend), socket_path);

@@ -109,10 +109,12 @@ void ruleset_free(struct ruleset *rs);
 
 /* ---- rules.c ---------------------------------------------------------- */
 
-/* How the generated rules carry a tag in the packet mark. */
+/* How the generated rules carry a tag in the packet mark, and what their
+ * queue rules do with a packet when no divertd reads the queue. */
 struct mark_layout {
 	uint32_t mask;			/* contiguous, >= 16 bits */
 	unsigned shift;			/* ctz(mask) */
+	bool fail_open;			/* pass it on (bypass), not drop it */
 };
 
 int mark_layout_init(struct mark_layout *ml, uint32_t mask);
@@ -294,7 +296,9 @@ typedef void (*nfqb_packet_fn)(struct nfqb_packet *pkt, void *arg);
 /* The most a verdict can carry: a netlink attribute's length is 16 bits. */
 #define NFQB_MAX_VERDICT_PAYLOAD (65535 - 4)
 
-int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen);
+/* fail_open: a full queue passes packets on instead of dropping them. */
+int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen,
+	      bool fail_open);
 int nfqb_fd(void);
 /* Bind or unbind one more queue while running (a reload). */
 int nfqb_bind_queue(uint16_t queue);
@@ -324,6 +328,8 @@ struct divert_config {
 	const struct ruleset *rs;
 	const struct mark_layout *ml;
 	unsigned hold_ms;		/* how long an unanswered packet is held */
+	gid_t group;			/* may divert besides root; -1: none */
+	unsigned max_clients;		/* connections at once */
 };
 struct divert_stats {
 	uint64_t diverted;		/* delivered to a client */
@@ -340,7 +346,8 @@ struct divert_stats {
 	uint64_t no_iface;		/* incoming writes naming no interface */
 	uint64_t channel_writes;	/* writes on a write channel (new) */
 };
-/* Listen on cfg->socket_path (created atomically, mode 0600). */
+/* Listen on cfg->socket_path (created atomically: owner root, group
+ * cfg->group, mode 0660). */
 int divert_sock_open(const struct divert_config *cfg);
 /* The NFQUEUE side hands each packet here (nfqb_packet_fn). */
 void divert_sock_packet(struct nfqb_packet *pkt, void *arg);
@@ -396,9 +403,11 @@ void counters_free(void);
 /* ---- control.c -------------------------------------------------------- */
 
 /* Run one divertctl command.  argv: the request's strings; flags:
- * DW_CTL_* from divert_wire.h.  Returns the exit status for divertctl and
+ * DW_CTL_* from divert_wire.h, and CTL_ROOT when the peer is root (only
+ * root may change the rules or zero the counters).  Returns the exit status for divertctl and
  * its output in *out (malloc'd, NUL-terminated; NULL when memory ran out,
  * the status is then 1). */
+#define CTL_ROOT 0x100u
 int control_run(int argc, char **argv, unsigned flags, char **out);
 
 #endif /* DIVERTD_H */

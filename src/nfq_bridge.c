@@ -118,7 +118,7 @@ void nfqb_set_handler(nfqb_packet_fn fn, void (*flush)(void), void *arg)
 	live_arg = arg;
 }
 
-static uint32_t queue_maxlen;
+static uint32_t queue_maxlen, queue_flags;
 static int bind_queue(uint16_t queue, uint32_t maxlen);
 
 int nfqb_unbind_queue(uint16_t queue)
@@ -150,8 +150,9 @@ static int bind_queue(uint16_t queue, uint32_t maxlen)
 	}
 	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
 	nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, 0xffff);
-	mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(NFQA_CFG_F_GSO));
-	mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_GSO));
+	mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(queue_flags));
+	mnl_attr_put_u32(nlh, NFQA_CFG_MASK,
+			 htonl(NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN));
 	nfq_nlmsg_cfg_put_qmaxlen(nlh, maxlen);
 	if (config_request(nlh) < 0) {
 		log_err("cannot configure NFQUEUE queue %u: %s", queue,
@@ -161,7 +162,8 @@ static int bind_queue(uint16_t queue, uint32_t maxlen)
 	return 0;
 }
 
-int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen)
+int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen,
+	      bool fail_open)
 {
 	int one = 1, rcvbuf = NFQB_RCVBUF;
 	int sndbuf = NFQB_VBATCH + NFQB_SLOT + 4096;
@@ -205,6 +207,7 @@ int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen)
 		return -1;
 	}
 	queue_maxlen = maxlen;
+	queue_flags = NFQA_CFG_F_GSO | (fail_open ? NFQA_CFG_F_FAIL_OPEN : 0);
 	for (size_t i = 0; i < nqueues; i++)
 		if (bind_queue(queues[i], maxlen) < 0)
 			return -1;

@@ -67,6 +67,7 @@ int mark_layout_init(struct mark_layout *ml, uint32_t mask)
 		return -1;
 	ml->mask = mask;
 	ml->shift = shift;
+	ml->fail_open = false;
 	return 0;
 }
 
@@ -684,8 +685,9 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 	}
 	if (r->action == ACT_DIVERT || r->action == ACT_TEE)
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j NFQUEUE "
-			  "--queue-num %u\n", chain,
-			  tagmark(ml, mark_value(c->rs, r)), ml->mask, r->arg);
+			  "--queue-num %u%s\n", chain,
+			  tagmark(ml, mark_value(c->rs, r)), ml->mask, r->arg,
+			  ml->fail_open ? " --queue-bypass" : "");
 	if (r->action == ACT_ALLOW || r->action == ACT_SKIPTO)
 		/* back to the driver, whose guards now pass it on */
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j RETURN\n",
@@ -916,8 +918,9 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 	case ACT_DIVERT:
 	case ACT_TEE:
 		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x "
-			  "queue num %u", ~ml->mask,
-			  tagmark(ml, mark_value(rs, r)), r->arg);
+			  "queue num %u%s", ~ml->mask,
+			  tagmark(ml, mark_value(rs, r)), r->arg,
+			  ml->fail_open ? " bypass" : "");
 		break;
 	case ACT_ALLOW:
 		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x return",
