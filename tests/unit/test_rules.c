@@ -807,6 +807,34 @@ static void test_counter_labels(void **state)
 	ruleset_free(&rs);
 }
 
+/* -F: every queue rule lets packets pass while no divertd reads. */
+static void test_fail_open(void **state)
+{
+	struct ruleset rs = parse("100 divert 8668 udp from any to any\n"
+				  "200 tee 9000 tcp from any to any\n"
+				  "300 deny icmp from any to any\n");
+	struct mark_layout ml = layout(0xffff0000u);
+	char *ipt, *nft, *plain;
+
+	(void)state;
+	plain = rules_ipt_text(&rs, &ml, 4);
+	assert_int_equal(count_lines(plain, "bypass"), 0);
+	ml.fail_open = true;
+	ipt = rules_ipt_text(&rs, &ml, 4);
+	nft = rules_nft_text(&rs, &ml);
+	assert_int_equal(count_lines(ipt, "-j NFQUEUE --queue-num 8668 --queue-bypass"), 2);
+	assert_int_equal(count_lines(ipt, "-j NFQUEUE --queue-num 9000 --queue-bypass"), 2);
+	assert_int_equal(count_lines(ipt, "NFQUEUE"), 4);
+	assert_int_equal(count_lines(nft, "queue num 8668 bypass comment"), 2);
+	assert_int_equal(count_lines(nft, "queue num 9000 bypass comment"), 2);
+	/* nothing else changes */
+	assert_int_equal(strlen(ipt), strlen(plain) + 4 * strlen(" --queue-bypass"));
+	free(plain);
+	free(ipt);
+	free(nft);
+	ruleset_free(&rs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -827,6 +855,7 @@ int main(void)
 		cmocka_unit_test(test_format_text),
 		cmocka_unit_test(test_format_round_trip),
 		cmocka_unit_test(test_counter_labels),
+		cmocka_unit_test(test_fail_open),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
