@@ -49,6 +49,7 @@
 #include <xxhash.h>
 
 #include "divertd.h"
+#include "divert.h"
 #include "divert_wire.h"
 
 #define HELD_POOL	16384		/* held packets, all clients */
@@ -63,6 +64,8 @@ struct client {
 	struct pollable p;		/* first: epoll data.ptr */
 	uint64_t id;			/* random: a secret of the connection */
 	bool root;			/* may change the rules (divertctl) */
+	bool full;			/* its buffer was full: drop at once
+					 * until it has room (EPOLLOUT) */
 	bool bound;
 	uint16_t port;
 	uint32_t rcvbuf;
@@ -101,6 +104,7 @@ static unsigned nclients;
 static struct held *held_pool, *held_free;
 static struct held *gfirst, *glast;
 
+static uint64_t batch_now;		/* now_ms() for this batch, or 0 */
 static struct pending pending[PENDING_MAX];
 static struct mmsghdr pending_msgs[PENDING_MAX];
 static unsigned npending;
@@ -317,6 +321,26 @@ static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
 	client_reply(ctl, 0);
 }
 
+/*
+ * What a client has not read yet waits in our end's send buffer.  FreeBSD
+ * limits a socket buffer twice: rcvbuf bytes of data (sb_hiwat) and eight
+ * times that of mbuf storage (sb_mbmax, sb_efficiency); Linux counts each
+ * message's whole allocation (truesize) against one limit, which is far
+ * more than the data for small packets.  So the limit is the storage one:
+ * 8 x rcvbuf of truesize (the kernel doubles what SO_SNDBUF asks for),
+ * about as many small packets as FreeBSD's buffer holds (over 700 of 64
+ * bytes, where 2 x rcvbuf held 180), and a few GSO packets of 64 KiB.
+ * FORCE: not capped at net.core.wmem_max, as FreeBSD's is not below
+ * kern.ipc.maxsockbuf (DIVERT_WIRE_SOCKBUF_MAX caps rcvbuf).
+ */
+static void client_set_rcvbuf(struct client *c, uint32_t rcvbuf)
+{
+	int v = (int)(rcvbuf * 4);
+
+	c->rcvbuf = rcvbuf;
+	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v));
+}
+
 static void client_setopt(struct client *c, const struct divert_wire_hdr *m)
 {
 	int v = (int)m->val;
@@ -331,11 +355,7 @@ static void client_setopt(struct client *c, const struct divert_wire_hdr *m)
 		stats.bad_writes++;
 		return;
 	}
-	/* what the client has not read yet waits in our end's send buffer
-	 * (FORCE: not capped at net.core.wmem_max, as SO_RCVBUF is not on
-	 * FreeBSD below its own limit) */
-	c->rcvbuf = m->val;
-	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v));
+	client_set_rcvbuf(c, m->val);
 }
 
 /* The interface an incoming write arrives on (FreeBSD div_output_inbound):
@@ -363,7 +383,7 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 	bool out = divert_wire_is_outgoing(sin);
 	uint16_t tag = sin != NULL ? sin->sin_port : 0;
 	uint16_t resume = rules_resume_tag(cfg->rs, tag);
-	bool v4 = (pkt[0] >> 4) == 4;
+	bool v4;
 	struct held *h;
 	uint64_t hash;
 	uint32_t mark;
@@ -375,6 +395,7 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 		stats.bad_writes++;
 		return err;
 	}
+	v4 = (pkt[0] >> 4) == 4;	/* len >= 20 now */
 	hash = XXH3_64bits(pkt, len);
 	h = held_find(c, out ? DIR_OUT : DIR_IN, divert_wire_packet_key(pkt, len), hash,
 		      (uint32_t)len);
@@ -393,7 +414,7 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 
 		if (!same && v4) {
 			if (out) {
-				cksum_set_ipv4_header(pkt);
+				cksum_set_ipv4_header(pkt, len);
 			} else if (!cksum_ipv4_header_ok(pkt, len)) {
 				stats.bad_cksum_in++;	/* silently, as FreeBSD */
 				held_drop(h);
@@ -545,6 +566,9 @@ static void client_event(struct pollable *p, uint32_t events)
 	struct client *c = (struct client *)p;
 	int n;
 
+	if ((events & EPOLLOUT) && c->full && loop_mod(&c->p, EPOLLIN) == 0)
+		c->full = false;	/* it has read: room again */
+
 	/* a few batches, then give the others a turn */
 	for (int round = 0; round < 4; round++) {
 		n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH, MSG_DONTWAIT, NULL);
@@ -632,7 +656,7 @@ static void listener_event(struct pollable *p, uint32_t events)
 	struct ucred cred;
 	socklen_t credlen = sizeof(cred);
 	struct client *c;
-	int fd, v;
+	int fd;
 
 	(void)events;
 	for (;;) {
@@ -681,9 +705,7 @@ static void listener_event(struct pollable *p, uint32_t events)
 		c->p.handle = client_event;
 		c->root = cred.uid == 0;
 		c->pid = cred.pid;
-		c->rcvbuf = 65636;
-		v = (int)c->rcvbuf;
-		setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v));
+		client_set_rcvbuf(c, DIVERT_SOCKBUF_DEFAULT);
 		hello.conn = c->id;
 		if (send(fd, &hello, sizeof(hello), MSG_NOSIGNAL) < 0 ||
 		    loop_add(&c->p, EPOLLIN) < 0) {
@@ -722,12 +744,23 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 		}
 		return;
 	}
+	if (c->full) {
+		/* its buffer is full, as FreeBSD's sbappendaddr() finds it:
+		 * dropped, without checksum, hash or send first, so that an
+		 * overloaded program costs the daemon as little as possible */
+		if (!tee)
+			nfqb_verdict(pkt->queue, pkt->id, NF_DROP, NULL, NULL, 0);
+		stats.full++;
+		return;
+	}
 	if (npending == PENDING_MAX)
 		divert_sock_flush();
 	if (pkt->csum_not_ready)
 		cksum_complete_l4(pkt->data, pkt->len);
 	if (!tee) {
-		h = held_get(c, now_ms());
+		if (batch_now == 0)
+			batch_now = now_ms();	/* one clock read per batch */
+		h = held_get(c, batch_now);
 		h->queue = pkt->queue;
 		h->id = pkt->id;
 		h->mark = pkt->mark;
@@ -787,6 +820,9 @@ void divert_sock_flush(void)
 		while (sent < run) {
 			int n = sendmmsg(c->p.fd, &pending_msgs[sent], run - sent,
 					 MSG_DONTWAIT | MSG_NOSIGNAL);
+			if (n <= 0 && errno == EAGAIN && !c->full &&
+			    loop_mod(&c->p, EPOLLIN | EPOLLOUT) == 0)
+				c->full = true;	/* until EPOLLOUT */
 			if (n <= 0) {
 				/* the first unsent one failed: drop it, try
 				 * the rest (a smaller one may still fit) */
@@ -806,6 +842,7 @@ void divert_sock_flush(void)
 			order[k]->c = NULL;
 	}
 	npending = 0;
+	batch_now = 0;
 }
 
 /* ---- the listening socket -------------------------------------------- */

@@ -70,6 +70,13 @@ int loop_add(struct pollable *p, uint32_t events)
 	return epoll_ctl(epfd, EPOLL_CTL_ADD, p->fd, &ev);
 }
 
+int loop_mod(struct pollable *p, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = p };
+
+	return epoll_ctl(epfd, EPOLL_CTL_MOD, p->fd, &ev);
+}
+
 void loop_del(struct pollable *p)
 {
 	epoll_ctl(epfd, EPOLL_CTL_DEL, p->fd, NULL);

@@ -175,6 +175,7 @@ struct pollable {
 	void (*handle)(struct pollable *self, uint32_t events);
 };
 int loop_add(struct pollable *p, uint32_t events);
+int loop_mod(struct pollable *p, uint32_t events);
 void loop_del(struct pollable *p);
 
 /* ---- log.c ------------------------------------------------------------ */
@@ -202,8 +203,9 @@ void log_limited(struct log_ratelimit *rl, int priority, const char *fmt, ...)
  * the kernel left for the NIC.  Returns 0, or -1 if the packet is too
  * malformed to find its transport header (it is then left as is). */
 int cksum_complete_l4(uint8_t *pkt, size_t len);
-/* Recompute the IPv4 header checksum in place. */
-void cksum_set_ipv4_header(uint8_t *pkt);
+/* Recompute the IPv4 header checksum in place (nothing when the header
+ * length does not fit in len). */
+void cksum_set_ipv4_header(uint8_t *pkt, size_t len);
 /* True when the IPv4 header checksum is valid. */
 bool cksum_ipv4_header_ok(const uint8_t *pkt, size_t len);
 

@@ -118,6 +118,32 @@ static void udp_v6_after_hop_by_hop(void **state)
 	assert_true(l4_valid(p, 48, l4, IPPROTO_UDP, true));
 }
 
+/* Every length around the word sizes the sum works in, up to a GSO
+ * packet, with bytes that exercise the carries. */
+static void every_length_to_gso(void **state)
+{
+	static uint8_t p[65535];
+	static const size_t sizes[] = { 0, 1, 2, 3, 4, 5, 7, 8, 31, 32, 33,
+					63, 64, 65, 1399, 1400, 1401, 65000,
+					65535 - 40 };
+
+	(void)state;
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		for (int proto = 0; proto < 2; proto++) {
+			uint8_t pr = proto ? IPPROTO_UDP : IPPROTO_TCP;
+			size_t len = make_v4(p, pr, sizes[k]);
+
+			for (size_t i = 20; i < len; i++)
+				if (i != 36 && i != 37 && i != 26 && i != 27)
+					p[i] = (uint8_t)(0xff - (i * 13) % 7);
+			assert_int_equal(cksum_complete_l4(p, len), 0);
+			if (!l4_valid(p, 20, len - 20, pr, false))
+				fail_msg("%s payload %zu: bad checksum",
+					 proto ? "udp" : "tcp", sizes[k]);
+		}
+	}
+}
+
 static void fragments_and_junk_left_alone(void **state)
 {
 	uint8_t p[200], copy[200];
@@ -144,7 +170,7 @@ static void ipv4_header(void **state)
 
 	(void)state;
 	assert_false(cksum_ipv4_header_ok(p, len));
-	cksum_set_ipv4_header(p);
+	cksum_set_ipv4_header(p, len);
 	assert_int_equal(fold(sum16(p, 20, 0)), 0);
 	assert_true(cksum_ipv4_header_ok(p, len));
 	p[8]--;				/* TTL changed, checksum not */
@@ -160,6 +186,7 @@ int main(void)
 		cmocka_unit_test(udp_v6_after_hop_by_hop),
 		cmocka_unit_test(fragments_and_junk_left_alone),
 		cmocka_unit_test(ipv4_header),
+		cmocka_unit_test(every_length_to_gso),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
