@@ -66,6 +66,7 @@ struct client {
 	bool root;			/* may change the rules (divertctl) */
 	bool full;			/* its buffer was full: drop at once
 					 * until it has room (EPOLLOUT) */
+	bool paused;			/* and its port's queue is paused */
 	bool bound;
 	uint16_t port;
 	uint32_t rcvbuf;
@@ -232,8 +233,44 @@ void divert_sock_expire(void)
 
 /* ---- clients --------------------------------------------------------- */
 
+/* A client whose buffer filled up: until it has room again (EPOLLOUT),
+ * what is diverted to it is dropped at once, as FreeBSD drops what does
+ * not fit in a socket buffer, and the cheapest way: its port's queue is
+ * not read and may hold no more than the packets the program holds, so
+ * the kernel drops the rest on arrival (counted as kernel_drops) instead
+ * of the daemon reading each one only to drop it.  Not for a port a tee
+ * rule sends to: the originals of the tee pass through that queue, and
+ * they must go on at once. */
+static void client_full(struct client *c)
+{
+	if (c->full || loop_mod(&c->p, EPOLLIN | EPOLLOUT) < 0)
+		return;
+	c->full = true;
+	if (!c->bound || port_owner[c->port] != c)
+		return;
+	for (size_t i = 0; i < cfg->rs->n; i++)
+		if (cfg->rs->rules[i].action == ACT_TEE &&
+		    cfg->rs->rules[i].arg == c->port)
+			return;
+	nfqb_pause(c->port, true, c->nheld);
+	c->paused = true;
+}
+
+static void client_room(struct client *c)
+{
+	if (!c->full || loop_mod(&c->p, EPOLLIN) < 0)
+		return;
+	c->full = false;
+	if (c->paused)
+		nfqb_pause(c->port, false, 0);
+	c->paused = false;
+}
+
 static void client_unbind(struct client *c)
 {
+	if (c->paused)
+		nfqb_pause(c->port, false, 0);	/* someone else's now */
+	c->paused = false;
 	if (c->bound && port_owner[c->port] == c)
 		port_owner[c->port] = NULL;
 	c->bound = false;
@@ -566,8 +603,8 @@ static void client_event(struct pollable *p, uint32_t events)
 	struct client *c = (struct client *)p;
 	int n;
 
-	if ((events & EPOLLOUT) && c->full && loop_mod(&c->p, EPOLLIN) == 0)
-		c->full = false;	/* it has read: room again */
+	if (events & EPOLLOUT)
+		client_room(c);		/* it has read: room again */
 
 	/* a few batches, then give the others a turn */
 	for (int round = 0; round < 4; round++) {
@@ -820,9 +857,8 @@ void divert_sock_flush(void)
 		while (sent < run) {
 			int n = sendmmsg(c->p.fd, &pending_msgs[sent], run - sent,
 					 MSG_DONTWAIT | MSG_NOSIGNAL);
-			if (n <= 0 && errno == EAGAIN && !c->full &&
-			    loop_mod(&c->p, EPOLLIN | EPOLLOUT) == 0)
-				c->full = true;	/* until EPOLLOUT */
+			if (n <= 0 && errno == EAGAIN)
+				client_full(c);
 			if (n <= 0) {
 				/* the first unsent one failed: drop it, try
 				 * the rest (a smaller one may still fit) */

@@ -238,25 +238,6 @@ static void log_stats(void)
 		 (unsigned long long)q->kernel_drops);
 }
 
-static void nfq_event(struct pollable *p, uint32_t events)
-{
-	(void)p;
-	(void)events;
-	/* a few batches per wakeup, each relayed before the next overwrites
-	 * the receive buffers */
-	for (int round = 0; round < 8; round++) {
-		int n = nfqb_receive(divert_sock_packet, NULL);
-		divert_sock_flush();
-		if (n < 0) {
-			log_err("netlink receive failed: %s", strerror(errno));
-			fatal_error = true;
-			return;
-		}
-		if (n == 0)
-			break;
-	}
-}
-
 static void iftable_event(struct pollable *p, uint32_t events)
 {
 	(void)p;
@@ -398,7 +379,7 @@ int main(int argc, char **argv)
 	struct ruleset rs = { 0 };
 	struct mark_layout ml;
 	struct divert_config dc;
-	struct pollable nfq_p, if_p;
+	struct pollable if_p;
 	uint16_t ports[MAX_PORTS];
 	size_t nports;
 	char err[512], *end;
@@ -545,11 +526,9 @@ int main(int argc, char **argv)
 	    iftable_open() < 0 ||
 	    inject_open() < 0)
 		goto out_close;
-	nfq_p.fd = nfqb_fd();
-	nfq_p.handle = nfq_event;
 	if_p.fd = iftable_fd();
 	if_p.handle = iftable_event;
-	if (loop_add(&nfq_p, EPOLLIN) < 0 || loop_add(&if_p, EPOLLIN) < 0)
+	if (loop_add(&if_p, EPOLLIN) < 0)
 		goto out_close;
 	if (fw_install(backend, &rs, &ml) < 0) {
 		log_err("cannot install the rules with %s", fw_backend_name(backend));
@@ -590,7 +569,7 @@ int main(int argc, char **argv)
 	sd_notifyf(0, "READY=1\nMAINPID=%d\nSTATUS=%zu rules, %zu divert ports",
 		   (int)getpid(), rs.n, nports);
 
-	while (!stop_signal && !fatal_error) {
+	while (!stop_signal && !fatal_error && !nfqb_broken()) {
 		struct epoll_event ev[64];
 		int n = epoll_pwait(epfd, ev, 64, divert_sock_timeout(), &orig);
 
@@ -617,7 +596,7 @@ int main(int argc, char **argv)
 	sd_notify(0, "STOPPING=1");
 	if (stop_signal)
 		log_info("signal %d: removing rules and exiting", (int)stop_signal);
-	ret = fatal_error ? 1 : 0;
+	ret = fatal_error || nfqb_broken() ? 1 : 0;
 	log_stats();
 out_rules_installed:
 	fw_remove();

@@ -280,7 +280,7 @@ int fw_counters(enum fw_backend b, const struct ruleset *rs,
 /* ---- nfq_bridge.c ----------------------------------------------------- */
 
 /* One packet handed to userspace by NFQUEUE; data points into the receive
- * buffer and stays valid until the next nfqb_receive(). */
+ * buffer and stays valid until the handler's flush. */
 struct nfqb_packet {
 	uint16_t queue;
 	uint32_t id;
@@ -298,18 +298,24 @@ typedef void (*nfqb_packet_fn)(struct nfqb_packet *pkt, void *arg);
 /* The most a verdict can carry: a netlink attribute's length is 16 bits. */
 #define NFQB_MAX_VERDICT_PAYLOAD (65535 - 4)
 
-/* fail_open: a full queue passes packets on instead of dropping them. */
+/* Bind the queues, each on a netlink socket of its own that nfq_bridge.c
+ * puts in the poll loop; fail_open: a full queue passes packets on instead
+ * of dropping them. */
 int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen,
 	      bool fail_open);
-int nfqb_fd(void);
-/* Bind or unbind one more queue while running (a reload). */
+/* Bind or unbind one more queue while running (a reload); unbinding drops
+ * what the kernel holds for it. */
 int nfqb_bind_queue(uint16_t queue);
 int nfqb_unbind_queue(uint16_t queue);
-/* Where packets go that arrive while a configuration request waits. */
+/* Where packets go (fn, per packet; flush, after each batch); before it
+ * is set, packets are dropped. */
 void nfqb_set_handler(nfqb_packet_fn fn, void (*flush)(void), void *arg);
-/* Read one batch of packets and call fn for each; returns the number read,
- * 0 when none were waiting, -1 on a fatal socket error. */
-int nfqb_receive(nfqb_packet_fn fn, void *arg);
+/* Stop reading a queue, and shorten it to the keep packets it holds
+ * (those read and held by a program), so that the kernel drops what comes
+ * next instead of queueing it; or read it again, at its full length. */
+void nfqb_pause(uint16_t queue, bool pause, uint32_t keep);
+/* True once a queue's socket failed for good: the daemon must stop. */
+bool nfqb_broken(void);
 /* Queue a verdict; sent by nfqb_flush() (or when the batch fills up).
  * payload NULL keeps the packet as the kernel holds it. */
 void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,

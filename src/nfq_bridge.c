@@ -2,28 +2,37 @@
  * nfq_bridge.c: the netlink side.  The only code that speaks
  * NETLINK_NETFILTER.
  *
- * One netlink socket binds one NFQUEUE queue per divert port in use (queue
- * number = port), copying whole packets (NFQNL_COPY_PACKET, 0xffff bytes)
- * and taking GSO packets as they are (NFQA_CFG_F_GSO: no segmentation in
- * the kernel, checksums possibly left for the NIC, which divert_sock.c has
- * completed before a client reads them).
+ * One NFQUEUE queue per divert port in use (queue number = port), each on
+ * a netlink socket of its own in the daemon's poll loop, copying whole
+ * packets (NFQNL_COPY_PACKET, 0xffff bytes) and taking GSO packets as they
+ * are (NFQA_CFG_F_GSO: no segmentation in the kernel, checksums possibly
+ * left for the NIC, which divert_sock.c has completed before a client
+ * reads them).  A socket per queue lets one queue be paused on its own
+ * (nfqb_pause()): while the program on a port cannot keep up, its packets
+ * wait in the kernel's queue, and beyond its length the kernel drops them
+ * where that is cheapest, instead of the daemon reading each one only to
+ * drop it; the other ports never notice.
  *
- * In:  nfqb_receive() reads a batch of packet messages with one recvmmsg()
+ * In:  a readable queue reads batches of packet messages with recvmmsg()
  *      into buffers allocated once, parses them with libnetfilter_queue's
- *      nfq_nlmsg_parse(), and hands each to a callback.  The socket sets
- *      NETLINK_NO_ENOBUFS: when userspace falls behind, the kernel drops
- *      and counts (queue_dropped in /proc/net/netfilter/nfnetlink_queue)
- *      instead of breaking the socket.
+ *      nfq_nlmsg_parse(), and hands each to the handler (divert_sock.c),
+ *      whose flush ends each batch.  The sockets set NETLINK_NO_ENOBUFS:
+ *      when userspace falls behind, the kernel drops and counts
+ *      (/proc/net/netfilter/nfnetlink_queue) instead of breaking a socket.
  * Out: nfqb_verdict() appends a verdict to one libmnl batch; nfqb_flush()
- *      sends the whole batch with one sendto().  Verdicts carry no
+ *      sends it with one sendto() on its queue's socket (the kernel takes
+ *      a verdict only from the socket bound to the queue, so a verdict for
+ *      another queue sends the batch first).  Verdicts carry no
  *      NLM_F_ACK; the kernel reports only failures, which are counted.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <arpa/inet.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
@@ -36,19 +45,33 @@
 #define NFQB_SLOT	(65536 + 1024)		/* one packet message */
 #define NFQB_VBATCH	(256 * 1024)		/* verdict batch limit */
 #define NFQB_RCVBUF	(16 * 1024 * 1024)
+#define NFQB_ROUNDS	8			/* batches per wakeup */
 
-static struct mnl_socket *nl;
-static uint32_t portid;
+/* One queue: its own netlink socket, so that each can be read, paused
+ * and polled on its own. */
+struct nfqb_queue {
+	struct pollable p;			/* first: the loop's handle */
+	struct mnl_socket *nl;
+	uint32_t portid;
+	uint16_t num;
+	bool paused;
+};
+
+static struct nfqb_queue *queues[65536];
 static uint8_t *slots;				/* NFQB_BATCH * NFQB_SLOT */
 static struct mmsghdr rmsgs[NFQB_BATCH];
 static struct iovec riov[NFQB_BATCH];
 static char *vbuf;				/* NFQB_VBATCH + one message */
 static struct mnl_nlmsg_batch *vbatch;
+static uint16_t vqueue;				/* the batch's queue */
+static uint32_t queue_maxlen, queue_flags;
+static bool broken;
 static struct nfqb_stats stats;
 static struct log_ratelimit rl_errors;
 
-/* Who gets packets that arrive while a configuration request waits for
- * its answer (a reload binds queues while traffic flows). */
+/* Who gets the packets (the client side), and what ends a batch of them;
+ * before there is one, packets are dropped like packets for a port with
+ * no socket. */
 static nfqb_packet_fn live_fn;
 static void (*live_flush)(void);
 static void *live_arg;
@@ -60,22 +83,27 @@ struct parse_ctx {
 
 static int packet_cb(const struct nlmsghdr *nlh, void *data);
 
-/* Send one configuration message and wait for its acknowledgement.
- * Packets read meanwhile go to the live handler; before there is one (at
- * start, when no client can have them yet) they are dropped, like packets
- * for a port with no socket. */
-static int config_request(struct nlmsghdr *nlh)
+/* A packet nobody can take yet: dropped. */
+static void drop_cb(struct nfqb_packet *pkt, void *arg)
+{
+	(void)arg;
+	nfqb_verdict(pkt->queue, pkt->id, NF_DROP, NULL, NULL, 0);
+}
+
+/* Send one configuration message on q's socket and wait for its
+ * acknowledgement; packets read meanwhile go to the handler. */
+static int config_request(struct nfqb_queue *q, struct nlmsghdr *nlh)
 {
 	char buf[NL_BUFSIZE + 65536];
 	uint32_t seq = nlh->nlmsg_seq = (uint32_t)time(NULL) | 1;
-	struct parse_ctx ctx = { live_fn, live_arg };
+	struct parse_ctx ctx = { live_fn ? live_fn : drop_cb, live_arg };
 	int ret = 1;
 
 	nlh->nlmsg_flags |= NLM_F_ACK;
-	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
+	if (mnl_socket_sendto(q->nl, nlh, nlh->nlmsg_len) < 0)
 		return -1;
 	while (ret > 0) {
-		ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof(buf));
+		ssize_t n = mnl_socket_recvfrom(q->nl, buf, sizeof(buf));
 		const struct nlmsghdr *m = (const struct nlmsghdr *)buf;
 		int len = (int)n;
 
@@ -83,7 +111,6 @@ static int config_request(struct nlmsghdr *nlh)
 			return -1;
 		for (; mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len)) {
 			const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
-			struct nlattr *attr[NFQA_MAX + 1] = { NULL };
 
 			if (m->nlmsg_type == NLMSG_ERROR) {
 				if (m->nlmsg_seq != seq)
@@ -91,17 +118,8 @@ static int config_request(struct nlmsghdr *nlh)
 				ret = e->error == 0 ? 0 : -1;
 				if (e->error != 0)
 					errno = -e->error;
-			} else if (live_fn != NULL) {
+			} else {
 				packet_cb(m, &ctx);
-			} else if (nfq_nlmsg_parse(m, attr) >= 0 &&
-				   attr[NFQA_PACKET_HDR]) {
-				struct nfqnl_msg_packet_hdr *ph =
-					mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
-				struct nfgenmsg *g = mnl_nlmsg_get_payload(m);
-
-				nfqb_verdict(ntohs(g->res_id),
-					     ntohl(ph->packet_id), NF_DROP,
-					     NULL, NULL, 0);
 			}
 		}
 		if (live_flush != NULL)
@@ -118,56 +136,134 @@ void nfqb_set_handler(nfqb_packet_fn fn, void (*flush)(void), void *arg)
 	live_arg = arg;
 }
 
-static uint32_t queue_maxlen, queue_flags;
-static int bind_queue(uint16_t queue, uint32_t maxlen);
+static void queue_event(struct pollable *p, uint32_t events);
 
-int nfqb_unbind_queue(uint16_t queue)
+static void queue_free(struct nfqb_queue *q)
 {
-	char buf[NL_BUFSIZE];
-	struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
-
-	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
-	return config_request(nlh);
+	if (q->nl != NULL)
+		mnl_socket_close(q->nl);	/* the kernel unbinds */
+	free(q);
 }
 
-int nfqb_bind_queue(uint16_t queue)
-{
-	return bind_queue(queue, queue_maxlen);
-}
-
-static int bind_queue(uint16_t queue, uint32_t maxlen)
+int nfqb_bind_queue(uint16_t num)
 {
 	char buf[NL_BUFSIZE];
 	struct nlmsghdr *nlh;
+	struct nfqb_queue *q = calloc(1, sizeof(*q));
+	int one = 1, rcvbuf = NFQB_RCVBUF;
+	int sndbuf = NFQB_VBATCH + NFQB_SLOT + 4096;
 
-	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
-	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
-	if (config_request(nlh) < 0) {
-		log_err("cannot bind NFQUEUE queue %u: %s%s", queue,
-			strerror(errno), errno == EBUSY ?
-			" (another program holds this queue)" : "");
+	if (q == NULL || queues[num] != NULL) {
+		free(q);
+		errno = q == NULL ? ENOMEM : EEXIST;
 		return -1;
 	}
-	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
+	q->num = num;
+	q->nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (q->nl == NULL || mnl_socket_bind(q->nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+		log_err("cannot open a netfilter netlink socket for queue %u: %s",
+			num, strerror(errno));
+		goto fail;
+	}
+	q->portid = mnl_socket_get_portid(q->nl);
+	q->p.fd = mnl_socket_get_fd(q->nl);
+	q->p.handle = queue_event;
+	mnl_socket_setsockopt(q->nl, NETLINK_NO_ENOBUFS, &one, sizeof(one));
+	if (setsockopt(q->p.fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf,
+		       sizeof(rcvbuf)) < 0)
+		log_warn("cannot enlarge the netlink receive buffer: %s",
+			 strerror(errno));
+	/* the kernel refuses a netlink send larger than the send buffer:
+	 * make room for a whole verdict batch */
+	if (setsockopt(q->p.fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf,
+		       sizeof(sndbuf)) < 0) {
+		log_err("cannot size the netlink send buffer for verdict "
+			"batches: %s", strerror(errno));
+		goto fail;
+	}
+	/* the config requests wait for their answers: blocking meanwhile */
+	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) & ~O_NONBLOCK);
+	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
+	if (config_request(q, nlh) < 0) {
+		log_err("cannot bind NFQUEUE queue %u: %s%s", num,
+			strerror(errno), errno == EBUSY ?
+			" (another program holds this queue)" : "");
+		goto fail;
+	}
+	queues[num] = q;		/* verdicts for packets read from now */
+	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
 	nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, 0xffff);
 	mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(queue_flags));
 	mnl_attr_put_u32(nlh, NFQA_CFG_MASK,
 			 htonl(NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN));
-	nfq_nlmsg_cfg_put_qmaxlen(nlh, maxlen);
-	if (config_request(nlh) < 0) {
-		log_err("cannot configure NFQUEUE queue %u: %s", queue,
+	nfq_nlmsg_cfg_put_qmaxlen(nlh, queue_maxlen);
+	if (config_request(q, nlh) < 0) {
+		log_err("cannot configure NFQUEUE queue %u: %s", num,
 			strerror(errno));
-		return -1;
+		goto fail;
 	}
+	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) | O_NONBLOCK);
+	if (loop_add(&q->p, EPOLLIN) < 0) {
+		log_err("cannot poll queue %u: %s", num, strerror(errno));
+		goto fail;
+	}
+	return 0;
+fail:
+	if (queues[num] == q) {
+		nfqb_flush();
+		queues[num] = NULL;
+	}
+	queue_free(q);
+	return -1;
+}
+
+int nfqb_unbind_queue(uint16_t num)
+{
+	struct nfqb_queue *q = queues[num];
+
+	if (q == NULL)
+		return -1;
+	if (vqueue == num)
+		nfqb_flush();		/* its verdicts go first */
+	loop_del(&q->p);
+	queues[num] = NULL;
+	queue_free(q);		/* what it held is dropped */
 	return 0;
 }
 
-int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen,
-	      bool fail_open)
+void nfqb_pause(uint16_t num, bool pause, uint32_t keep)
 {
-	int one = 1, rcvbuf = NFQB_RCVBUF;
-	int sndbuf = NFQB_VBATCH + NFQB_SLOT + 4096;
+	struct nfqb_queue *q = queues[num];
+	char buf[NL_BUFSIZE];
+	struct nlmsghdr *nlh;
 
+	if (q == NULL || q->paused == pause)
+		return;
+	if (loop_mod(&q->p, pause ? 0 : EPOLLIN) < 0)
+		return;
+	q->paused = pause;
+	/* the queue's length: what it holds now, and no more, while paused
+	 * (the kernel drops the rest and counts it), the full length again
+	 * after.  No acknowledgement is waited for (a refusal comes back
+	 * like a refused verdict, and is counted): the kernel applies the
+	 * message before sendto() returns, and waiting would mean handling
+	 * packets in the middle of the client side's own work. */
+	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
+	nfq_nlmsg_cfg_put_qmaxlen(nlh, pause ? (keep > 0 ? keep : 1)
+					     : queue_maxlen);
+	if (mnl_socket_sendto(q->nl, nlh, nlh->nlmsg_len) < 0)
+		log_limited(&rl_errors, 4, "cannot set the length of queue "
+			    "%u: %s", num, strerror(errno));
+}
+
+bool nfqb_broken(void)
+{
+	return broken;
+}
+
+int nfqb_open(const uint16_t *nums, size_t n, uint32_t maxlen, bool fail_open)
+{
 	slots = malloc((size_t)NFQB_BATCH * NFQB_SLOT);
 	vbuf = malloc(NFQB_VBATCH + NFQB_SLOT);
 	if (slots == NULL || vbuf == NULL)
@@ -181,42 +277,12 @@ int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen,
 	vbatch = mnl_nlmsg_batch_start(vbuf, NFQB_VBATCH);
 	if (vbatch == NULL)
 		return -1;
-
-	nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
-	if (nl == NULL) {
-		log_err("cannot open a netfilter netlink socket: %s",
-			strerror(errno));
-		return -1;
-	}
-	if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
-		log_err("cannot bind the netlink socket: %s", strerror(errno));
-		return -1;
-	}
-	portid = mnl_socket_get_portid(nl);
-	mnl_socket_setsockopt(nl, NETLINK_NO_ENOBUFS, &one, sizeof(one));
-	if (setsockopt(mnl_socket_get_fd(nl), SOL_SOCKET, SO_RCVBUFFORCE,
-		       &rcvbuf, sizeof(rcvbuf)) < 0)
-		log_warn("cannot enlarge the netlink receive buffer: %s",
-			 strerror(errno));
-	/* the kernel refuses a netlink send larger than the send buffer:
-	 * make room for a whole verdict batch */
-	if (setsockopt(mnl_socket_get_fd(nl), SOL_SOCKET, SO_SNDBUFFORCE,
-		       &sndbuf, sizeof(sndbuf)) < 0) {
-		log_err("cannot size the netlink send buffer for verdict "
-			"batches: %s", strerror(errno));
-		return -1;
-	}
 	queue_maxlen = maxlen;
 	queue_flags = NFQA_CFG_F_GSO | (fail_open ? NFQA_CFG_F_FAIL_OPEN : 0);
-	for (size_t i = 0; i < nqueues; i++)
-		if (bind_queue(queues[i], maxlen) < 0)
+	for (size_t i = 0; i < n; i++)
+		if (nfqb_bind_queue(nums[i]) < 0)
 			return -1;
 	return 0;
-}
-
-int nfqb_fd(void)
-{
-	return mnl_socket_get_fd(nl);
 }
 
 static int packet_cb(const struct nlmsghdr *nlh, void *data)
@@ -278,14 +344,15 @@ static int error_cb(const struct nlmsghdr *nlh, void *data)
 	return MNL_CB_OK;
 }
 
-int nfqb_receive(nfqb_packet_fn fn, void *arg)
+/* Read one batch from q and hand each packet on; the number read, 0 when
+ * none were waiting, -1 on a socket error. */
+static int queue_receive(struct nfqb_queue *q)
 {
 	static mnl_cb_t ctl_cb[NLMSG_MIN_TYPE] = { [NLMSG_ERROR] = error_cb };
-	struct parse_ctx ctx = { fn, arg };
+	struct parse_ctx ctx = { live_fn ? live_fn : drop_cb, live_arg };
 	int n;
 
-	n = recvmmsg(mnl_socket_get_fd(nl), rmsgs, NFQB_BATCH, MSG_DONTWAIT,
-		     NULL);
+	n = recvmmsg(q->p.fd, rmsgs, NFQB_BATCH, MSG_DONTWAIT, NULL);
 	if (n < 0)
 		return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
 	for (int i = 0; i < n; i++) {
@@ -293,11 +360,46 @@ int nfqb_receive(nfqb_packet_fn fn, void *arg)
 			stats.malformed++;
 			continue;
 		}
-		mnl_cb_run2(riov[i].iov_base, rmsgs[i].msg_len, 0, portid,
+		mnl_cb_run2(riov[i].iov_base, rmsgs[i].msg_len, 0, q->portid,
 			    packet_cb, &ctx, ctl_cb, NLMSG_MIN_TYPE);
 		rmsgs[i].msg_hdr.msg_flags = 0;
 	}
 	return n;
+}
+
+/* A queue's socket is readable: a few batches, each relayed (the handler's
+ * flush) before the next overwrites the receive buffers, then the other
+ * queues' turn. */
+static void queue_event(struct pollable *p, uint32_t events)
+{
+	struct nfqb_queue *q = (struct nfqb_queue *)p;
+
+	(void)events;
+	for (int round = 0; round < NFQB_ROUNDS && !q->paused; round++) {
+		int n = queue_receive(q);
+
+		if (live_flush != NULL)
+			live_flush();
+		if (n < 0) {
+			log_err("netlink receive failed on queue %u: %s",
+				q->num, strerror(errno));
+			broken = true;
+			return;
+		}
+		if (n < NFQB_BATCH)
+			break;
+	}
+}
+
+/* Send the verdict batch on its queue's socket. */
+static void batch_send(size_t len)
+{
+	struct nfqb_queue *q = queues[vqueue];
+
+	if (q != NULL &&
+	    mnl_socket_sendto(q->nl, mnl_nlmsg_batch_head(vbatch), len) < 0)
+		log_limited(&rl_errors, 3, "cannot send verdicts: %s",
+			    strerror(errno));
 }
 
 void nfqb_flush(void)
@@ -306,9 +408,7 @@ void nfqb_flush(void)
 
 	if (len == 0)
 		return;
-	if (mnl_socket_sendto(nl, mnl_nlmsg_batch_head(vbatch), len) < 0)
-		log_limited(&rl_errors, 3, "cannot send verdicts: %s",
-			    strerror(errno));
+	batch_send(len);
 	mnl_nlmsg_batch_reset(vbatch);
 }
 
@@ -317,6 +417,11 @@ void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,
 {
 	struct nlmsghdr *nlh;
 
+	/* a verdict must come from the socket its queue is bound to: one
+	 * batch per queue at a time */
+	if (queue != vqueue)
+		nfqb_flush();
+	vqueue = queue;
 	nlh = nfq_nlmsg_put(mnl_nlmsg_batch_current(vbatch),
 			    NFQNL_MSG_VERDICT, queue);
 	nfq_nlmsg_verdict_put(nlh, (int)id, (int)verdict);
@@ -328,21 +433,18 @@ void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,
 	if (!mnl_nlmsg_batch_next(vbatch)) {
 		/* the batch is full: send what came before this message,
 		 * which mnl_nlmsg_batch_reset() then moves to the front */
-		size_t prev = mnl_nlmsg_batch_size(vbatch);
-		if (mnl_socket_sendto(nl, mnl_nlmsg_batch_head(vbatch), prev) < 0)
-			log_limited(&rl_errors, 3, "cannot send verdicts: %s",
-				    strerror(errno));
+		batch_send(mnl_nlmsg_batch_size(vbatch));
 		mnl_nlmsg_batch_reset(vbatch);
 	}
 }
 
 void nfqb_close(void)
 {
-	if (nl != NULL) {
+	if (vbatch != NULL)
 		nfqb_flush();
-		mnl_socket_close(nl);
-	}
-	nl = NULL;
+	for (unsigned num = 0; num < 65536; num++)
+		if (queues[num] != NULL)
+			nfqb_unbind_queue((uint16_t)num);
 	free(slots);
 	free(vbuf);
 	if (vbatch != NULL)
@@ -364,7 +466,7 @@ static void read_kernel_drops(void)
 		return;
 	while (fscanf(f, "%u %u %u %u %u %u %u %*u %*u", &q, &peer, &total,
 		      &mode, &range, &qdrop, &udrop) == 7)
-		if (peer == portid)
+		if (q < 65536 && queues[q] != NULL && peer == queues[q]->portid)
 			sum += (uint64_t)qdrop + udrop;
 	fclose(f);
 	stats.kernel_drops = sum;
