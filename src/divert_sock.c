@@ -3,7 +3,9 @@
  * protocol (divert_wire.h).
  *
  * Each client is a SOCK_SEQPACKET connection on our UNIX socket; the shim
- * hands it to the application as its divert socket.  A client is bound to
+ * hands it to the application as its divert socket.  Only root and the
+ * configured group get one, each named by a random id that only that
+ * connection is told (listener_event()).  A client is bound to
  * at most one divert port (port_owner[] maps ports to clients, as FreeBSD's
  * divert pcb lookup does).  What flows through here:
  *
@@ -13,7 +15,9 @@
  *      the packet is sent to the client with its FreeBSD address, and a
  *      divert's packet is HELD: the kernel keeps it, and we remember its
  *      NFQUEUE id.  Sends are collected during a netlink batch and go out
- *      with one sendmmsg() per client run (divert_sock_flush()).
+ *      with one sendmmsg() per client run (divert_sock_flush()).  What
+ *      does not fit in the client's buffer is dropped ("full"), and until
+ *      it has room its port's queue is paused (client_full()).
  *
  *  client -> kernel   a written packet that answers a held one (same
  *      client, same direction, same identity: IPv4 id and protocol, or IPv6
