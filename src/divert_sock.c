@@ -58,6 +58,8 @@
 
 #define HELD_POOL	16384		/* held packets, all clients */
 #define CLIENT_HELD_MAX	4096		/* held packets, one client */
+#define CLIENT_WAIT_MAX	(1024 * 1024)	/* bytes of kernel storage that
+					 * may wait for one client */
 #define PENDING_MAX	256		/* sends collected in one batch */
 #define WRITE_BATCH	16		/* client messages per recvmmsg */
 #define WRITE_SLOT	(sizeof(struct divert_wire_hdr) + DIVERT_WIRE_MAXPKT + 1)
@@ -371,12 +373,17 @@ static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
  * 8 x rcvbuf of truesize (the kernel doubles what SO_SNDBUF asks for),
  * about as many small packets as FreeBSD's buffer holds (over 700 of 64
  * bytes, where 2 x rcvbuf held 180), and a few GSO packets of 64 KiB.
- * FORCE: not capped at net.core.wmem_max, as FreeBSD's is not below
- * kern.ipc.maxsockbuf (DIVERT_WIRE_SOCKBUF_MAX caps rcvbuf).
+ * At most CLIENT_WAIT_MAX, though: every packet waiting there is held,
+ * and the smallest message costs over 600 bytes, so no more than 1,700
+ * can wait, well under the CLIENT_HELD_MAX a client may hold (past which
+ * the oldest held packet is dropped: it must never be one still waiting
+ * to be read).  FORCE: not capped at net.core.wmem_max, as FreeBSD's is
+ * not below kern.ipc.maxsockbuf.
  */
 static void client_set_rcvbuf(struct client *c, uint32_t rcvbuf)
 {
-	int v = (int)(rcvbuf * 4);
+	int v = (int)(rcvbuf * 8 > CLIENT_WAIT_MAX ? CLIENT_WAIT_MAX
+						   : rcvbuf * 8) / 2;
 
 	c->rcvbuf = rcvbuf;
 	setsockopt(c->p.fd, SOL_SOCKET, SO_SNDBUFFORCE, &v, sizeof(v));
