@@ -136,11 +136,12 @@ int cksum_complete_l4(uint8_t *pkt, size_t len)
 {
 	uint8_t proto;
 	int off = l4_offset(pkt, len, &proto);
-	bool v4 = (pkt[0] >> 4) == 4;
+	bool v4;
 	size_t l3len;
 
 	if (off < 0)
 		return -1;
+	v4 = (pkt[0] >> 4) == 4;	/* len >= 20 now */
 	/* the length the checksum covers comes from the IP header */
 	l3len = v4 ? (size_t)((pkt[2] << 8) | pkt[3])
 		   : (size_t)((pkt[4] << 8) | pkt[5]) + sizeof(struct ip6_hdr);

@@ -334,11 +334,13 @@ static int cmd_add(struct ctl *c, int argc, char **argv)
 		goto nomem;
 	for (at = 0; at < rs->n && rs->rules[at].num <= one.rules[0].num; at++)
 		;
-	memcpy(nrs.rules, rs->rules, at * sizeof(*nrs.rules));
+	if (rs->n > 0) {	/* an empty list may have no array at all */
+		memcpy(nrs.rules, rs->rules, at * sizeof(*nrs.rules));
+		memcpy(nrs.rules + at + 1, rs->rules + at,
+		       (rs->n - at) * sizeof(*nrs.rules));
+	}
 	nrs.rules[at] = one.rules[0];
 	nrs.rules[at].line = 0;
-	memcpy(nrs.rules + at + 1, rs->rules + at,
-	       (rs->n - at) * sizeof(*nrs.rules));
 	nrs.n = rs->n + 1;
 	snprintf(what, sizeof(what), "add %05u", one.rules[0].num);
 	rc = apply(c, &nrs, "add", what);

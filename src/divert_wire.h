@@ -142,13 +142,15 @@ static inline int divert_wire_check_write(const void *pkt, size_t len,
 		/* outgoing: the length field must not claim more than was
 		 * written (IPv4 total length; IPv6 payload length, compared
 		 * with the whole packet as FreeBSD does); an IPv4 header
-		 * shorter than 20 bytes is refused too, which FreeBSD does
-		 * not check but a Linux re-injection needs */
+		 * shorter than 20 bytes, or longer than the write, is refused
+		 * too (FreeBSD's ip_output() would refuse the latter later;
+		 * the daemon must set its checksum) */
 		size_t field = version == 4 ? ((size_t)p[2] << 8) | p[3]
 					    : ((size_t)p[4] << 8) | p[5];
 		if (field > len)
 			return EINVAL;
-		if (version == 4 && (size_t)(p[0] & 0x0f) * 4 < 20)
+		if (version == 4 && ((size_t)(p[0] & 0x0f) * 4 < 20 ||
+				     (size_t)(p[0] & 0x0f) * 4 > len))
 			return EINVAL;
 	}
 	return 0;

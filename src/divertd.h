@@ -21,12 +21,38 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <net/if.h>
 #include <sys/types.h>
 #include <netinet/in.h>
 
 /* Netlink messages we build or read outside the packet path. */
 #define NL_BUFSIZE 32768
+
+/* True when the netlink messages in buf[0..len) all have lengths that fit.
+ * libmnl's mnl_nlmsg_ok() compares a length of 2 GiB or more as a negative
+ * int and walks off the buffer; every buffer read from a netlink socket is
+ * checked with this first (found by tests/fuzz). */
+static inline bool nl_lengths_ok(const void *buf, size_t len)
+{
+	const unsigned char *p = (const unsigned char *)buf;
+
+	while (len > 0) {
+		uint32_t mlen;
+
+		if (len < 16)		/* sizeof(struct nlmsghdr) */
+			return false;
+		memcpy(&mlen, p, sizeof(mlen));
+		if (mlen < 16 || mlen > len)
+			return false;
+		mlen = (mlen + 3u) & ~3u;	/* NLMSG_ALIGN */
+		if (mlen >= len)
+			return true;
+		p += mlen;
+		len -= mlen;
+	}
+	return true;
+}
 
 /* ---- config.c -------------------------------------------------------- */
 

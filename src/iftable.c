@@ -75,8 +75,11 @@ static int link_cb(const struct nlmsghdr *nlh, void *data)
 	struct iface *ifc;
 
 	(void)data;
+	if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof(*ifm)))
+		return MNL_CB_OK;
 	mnl_attr_parse(nlh, sizeof(*ifm), attr_cb, tb);
-	if (tb[IFLA_IFNAME] == NULL)
+	if (tb[IFLA_IFNAME] == NULL ||
+	    mnl_attr_validate(tb[IFLA_IFNAME], MNL_TYPE_NUL_STRING) < 0)
 		return MNL_CB_OK;
 	ifc = scratch_slot(ifm->ifi_index, true);
 	if (ifc != NULL)
@@ -103,7 +106,8 @@ static int addr_cb(const struct nlmsghdr *nlh, void *data)
 	struct iface *ifc;
 
 	(void)data;
-	if (ifa->ifa_family != AF_INET)
+	if (nlh->nlmsg_len < mnl_nlmsg_size(sizeof(*ifa)) ||
+	    ifa->ifa_family != AF_INET)
 		return MNL_CB_OK;
 	mnl_attr_parse(nlh, sizeof(*ifa), addr_attr_cb, tb);
 	a = tb[IFA_LOCAL] ? tb[IFA_LOCAL] : tb[IFA_ADDRESS];
@@ -151,7 +155,8 @@ static int dump(uint16_t type, mnl_cb_t cb)
 	if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0)
 		goto out;
 	while ((n = mnl_socket_recvfrom(nl, buf, sizeof(buf))) > 0) {
-		int r = mnl_cb_run(buf, (size_t)n, seq, portid, cb, NULL);
+		int r = nl_lengths_ok(buf, (size_t)n)
+			? mnl_cb_run(buf, (size_t)n, seq, portid, cb, NULL) : -1;
 		if (r == MNL_CB_STOP) {
 			ret = 0;
 			break;

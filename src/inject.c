@@ -93,7 +93,8 @@ static int rtnl_request(struct nlmsghdr *nlh)
 		ret = -errno;
 		goto out;
 	}
-	ret = mnl_cb_run(buf, (size_t)n, 1, portid, NULL, NULL) < 0 ? -errno : 0;
+	ret = !nl_lengths_ok(buf, (size_t)n) ? -EPROTO :
+	      mnl_cb_run(buf, (size_t)n, 1, portid, NULL, NULL) < 0 ? -errno : 0;
 out:
 	mnl_socket_close(nl);
 	return ret;

@@ -109,15 +109,21 @@ static int config_request(struct nfqb_queue *q, struct nlmsghdr *nlh)
 
 		if (n < 0)
 			return -1;
+		if (!nl_lengths_ok(buf, (size_t)n)) {
+			stats.malformed++;
+			continue;
+		}
 		for (; mnl_nlmsg_ok(m, len); m = mnl_nlmsg_next(m, &len)) {
 			const struct nlmsgerr *e = mnl_nlmsg_get_payload(m);
 
 			if (m->nlmsg_type == NLMSG_ERROR) {
-				if (m->nlmsg_seq != seq)
+				if (m->nlmsg_seq != seq ||
+				    m->nlmsg_len < mnl_nlmsg_size(sizeof(*e)))
 					continue;
 				ret = e->error == 0 ? 0 : -1;
 				if (e->error != 0)
-					errno = -e->error;
+					errno = e->error < 0 && e->error > -4096
+						? -e->error : EPROTO;
 			} else {
 				packet_cb(m, &ctx);
 			}
@@ -339,7 +345,8 @@ static int error_cb(const struct nlmsghdr *nlh, void *data)
 	if (nlh->nlmsg_len >= mnl_nlmsg_size(sizeof(*err)) && err->error != 0) {
 		stats.verdict_errors++;
 		log_limited(&rl_errors, 4, "the kernel refused a verdict: %s",
-			    strerror(-err->error));
+			    strerror(err->error < 0 && err->error > -4096 ?
+				     -err->error : EPROTO));
 	}
 	return MNL_CB_OK;
 }
@@ -356,8 +363,10 @@ static int queue_receive(struct nfqb_queue *q)
 	if (n < 0)
 		return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
 	for (int i = 0; i < n; i++) {
-		if (rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+		if ((rmsgs[i].msg_hdr.msg_flags & MSG_TRUNC) ||
+		    !nl_lengths_ok(riov[i].iov_base, rmsgs[i].msg_len)) {
 			stats.malformed++;
+			rmsgs[i].msg_hdr.msg_flags = 0;
 			continue;
 		}
 		mnl_cb_run2(riov[i].iov_base, rmsgs[i].msg_len, 0, q->portid,

@@ -3,7 +3,7 @@
 # Idempotent; skips apt when everything is present already.
 set -eu
 PKGS="build-essential cmake pkg-config libnetfilter-queue-dev libmnl-dev
-libnfnetlink-dev libnftables-dev libxxhash-dev libsystemd-dev libjansson-dev libcap-ng-dev nftables iptables iproute2
+libnfnetlink-dev libnftables-dev libxxhash-dev libsystemd-dev libjansson-dev libcap-ng-dev clang libclang-rt-14-dev nftables iptables iproute2
 libcmocka-dev iputils-ping procps python3-scapy"
 missing=""
 for p in $PKGS; do

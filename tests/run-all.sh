@@ -4,7 +4,8 @@
 #   1. installs the build and test dependencies (tests/deps.sh);
 #   2. builds with -Werror and runs the unit tests (ctest: cmocka);
 #   3. checks the golden rulesets against the kernel's own parsers;
-#   4. runs the network-namespace suites on real packets;
+#   4. runs the network-namespace suites on real packets, and the
+#      libFuzzer targets for a bounded time (tests/fuzz/run.sh --smoke);
 #   5. builds again with AddressSanitizer + UndefinedBehaviorSanitizer and
 #      runs the unit tests and the namespace suites under them.
 # Ends with one line "N passed, N failed, N skipped" over all of it and
@@ -82,6 +83,10 @@ for s in tests/netns/*.sh; do
 	[ "$(basename "$s")" = lib.sh ] && continue
 	suite "$(basename "$s" .sh)" "$s" BUILD="$TOP/build"
 done
+
+# libFuzzer targets (clang, ASan+UBSan): each replays its regression
+# inputs and fuzzes for a bounded time (tests/fuzz/README.md)
+suite "fuzz (smoke)" tests/fuzz/run.sh
 
 ASAN_LIB=$(gcc -print-file-name=libasan.so)
 step "build (ASan+UBSan)" build "$TOP/build-asan" -DDIVERTD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug

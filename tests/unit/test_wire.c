@@ -164,6 +164,11 @@ static void test_outgoing_len(void **state)
 	/* an IPv4 header shorter than 20 bytes */
 	assert_int_equal(check(ip4(4, 4, 20), 20, &out, sizeof(out)), EINVAL);
 	assert_int_equal(check(ip4(4, 0, 20), 20, NULL, 0), EINVAL);
+	/* an IPv4 header longer than the write (found by fuzz_wire_write:
+	 * the daemon would set a checksum past the end) */
+	assert_int_equal(check(ip4(4, 6, 20), 20, &out, sizeof(out)), EINVAL);
+	assert_int_equal(check(ip4(4, 15, 56), 56, NULL, 0), EINVAL);
+	assert_int_equal(check(ip4(4, 15, 60), 60, NULL, 0), 0);
 	/* IPv6: the payload length against the whole packet, as FreeBSD */
 	assert_int_equal(check(ip6(81), 80, &out, sizeof(out)), EINVAL);
 	assert_int_equal(check(ip6(80), 80, &out, sizeof(out)), 0);
