@@ -121,7 +121,7 @@ static struct mmsghdr wmsgs[WRITE_BATCH];
 static struct iovec wiov[WRITE_BATCH];
 
 static struct divert_stats stats;
-static struct log_ratelimit rl_inject, rl_client;
+static struct log_ratelimit rl_inject, rl_client, rl_evict;
 
 static uint64_t now_ms(void)
 {
@@ -175,6 +175,11 @@ static struct held *held_get(struct client *c, uint64_t now)
 		 * one sent in this batch (those are the newest: the pool and
 		 * the quota are far larger than a batch) */
 		h = c->nheld >= CLIENT_HELD_MAX ? c->head : gfirst;
+		log_limited(&rl_evict, 4, "%s: the oldest held packet (of "
+			    "pid %d) dropped", c->nheld >= CLIENT_HELD_MAX ?
+			    "a program holds 4096 packets, its limit" :
+			    "16384 packets are held in all, the limit",
+			    (int)h->c->pid);
 		held_drop(h);
 		stats.evicted++;
 	}

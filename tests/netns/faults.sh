@@ -161,6 +161,23 @@ for mode in drop fail-open; do
 		test "$n/$(grep -c '^pkt ' "$TMP/div_echo-8669.out")" = "10/10"
 done
 
+# --- divertd killed and started again under a steady stream: 400 pings,
+# 20 ms apart; divertd is killed a second in and started again once the
+# stream has seen the gap; the stream must come back through the program
+seen() { grep -c '^pkt ' "$TMP/div_echo-8669.out"; }
+ip netns exec "$P" ping -n -c 400 -i 0.02 -W 1 192.0.2.1 >"$TMP/stream.out" 2>&1 &
+SPID=$!; PIDS+=($SPID)
+for _ in $(seq 100); do [ "$(seen)" -ge 40 ] && break; sleep 0.02; done
+kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
+stop "$ECHO"
+start || bad "divertd starts again under the stream"
+prog div_echo 8669; ECHO=$LAST
+wait "$SPID"
+last=$(grep -o 'icmp_seq=[0-9]*' "$TMP/stream.out" | tail -1 | cut -d= -f2)
+answered=$(awk '/packets transmitted/ { print $4 }' "$TMP/stream.out")
+check "killed under a steady stream and started again: the stream comes back through the program (answered $answered of 400, the last at seq $last; the new program saw $(seen))" \
+	bash -c "[ '${last:-0}' -ge 390 ] && [ $(seen) -ge 10 ]"
+
 # --- the kernel's queue full: divertd stopped while 17,000 datagrams come
 # (the queue holds 16384); no program on the port, so what divertd gets is
 # dropped as "no socket" and only the queue decides what passes
