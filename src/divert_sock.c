@@ -252,19 +252,34 @@ void divert_sock_expire(void)
  * of the daemon reading each one only to drop it.  Not for a port a tee
  * rule sends to: the originals of the tee pass through that queue, and
  * they must go on at once. */
+static bool tee_port(uint16_t port)
+{
+	for (size_t i = 0; i < cfg->rs->n; i++)
+		if (cfg->rs->rules[i].action == ACT_TEE &&
+		    cfg->rs->rules[i].arg == port)
+			return true;
+	return false;
+}
+
 static void client_full(struct client *c)
 {
 	if (c->full || loop_mod(&c->p, EPOLLIN | EPOLLOUT) < 0)
 		return;
 	c->full = true;
-	if (!c->bound || port_owner[c->port] != c)
+	if (!c->bound || port_owner[c->port] != c || tee_port(c->port))
 		return;
-	for (size_t i = 0; i < cfg->rs->n; i++)
-		if (cfg->rs->rules[i].action == ACT_TEE &&
-		    cfg->rs->rules[i].arg == c->port)
-			return;
 	nfqb_pause(c->port, true, c->nheld);
 	c->paused = true;
+}
+
+void divert_sock_rules_changed(void)
+{
+	/* a paused queue that a tee rule now uses carries originals */
+	for (unsigned i = 0; i < nclients; i++)
+		if (clients[i]->paused && tee_port(clients[i]->port)) {
+			nfqb_pause(clients[i]->port, false, 0);
+			clients[i]->paused = false;
+		}
 }
 
 static void client_room(struct client *c)

@@ -320,6 +320,7 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 	ruleset_free(rs);
 	*rs = *nrs;		/* divert_sock.c reads it through cfg->rs */
 	*nrs = (struct ruleset){ 0 };
+	divert_sock_rules_changed();
 	for (size_t i = 0; i < nold; i++)
 		if (!has_port(new, nnew, old[i]))
 			nfqb_unbind_queue(old[i]);

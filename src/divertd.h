@@ -385,6 +385,9 @@ struct divert_stats {
 int divert_sock_open(const struct divert_config *cfg);
 /* The NFQUEUE side hands each packet here (nfqb_packet_fn). */
 void divert_sock_packet(struct nfqb_packet *pkt, void *arg);
+/* The rules in force changed (cfg->rs): a queue paused for a program
+ * that fell behind is read again if a tee rule now sends to it. */
+void divert_sock_rules_changed(void);
 /* End of a netlink batch: flush sends to clients. */
 void divert_sock_flush(void);
 /* Milliseconds until the next held packet expires, -1 for none. */

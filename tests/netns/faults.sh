@@ -135,6 +135,13 @@ check "a program that stopped reading: what its buffer cannot take is dropped an
 check "... divertd's memory does not grow with the overflow ($m0 -> $m1 KiB over the second 3,000, within 64 KiB)" \
 	test $(( m1 - m0 )) -le 64
 check "... while the other port's traffic went on (10 pings answered: $n)" test "$n" = 10
+# its queue is paused now; a tee rule added for its port must not stall
+# the originals of the tee, which pass through that queue
+ctl add 50 tee 8668 icmp from any to any in icmptypes 8 >/dev/null
+n=$(pings 5)
+check "... a tee rule added for the stopped program's port: the originals go on at once (5 pings answered: $n)" \
+	test "$n" = 5
+ctl delete 50 >/dev/null
 kill -CONT "$(child "$STOPPED")"; stop "$STOPPED"
 
 # --- divertd killed, then started again (without and with -F)
