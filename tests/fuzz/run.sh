@@ -136,13 +136,15 @@ replay() {
 	return "$bad"
 }
 
-# survey TARGET DIR: the crash inputs in DIR, counted by place
+# survey TARGET DIR: the crash inputs in DIR (the first 100), counted by
+# place (numbers in a check's message do not count)
 survey() {
 	local t=$1 dir=$2 f
-	for f in "$dir"/crash-* "$dir"/timeout-* "$dir"/oom-*; do
-		[ -f "$f" ] || continue
+	find "$dir" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) |
+		sort | head -100 | while read -r f; do
 		"$OUT/$t" -timeout="$TIMEOUT" "$f" >"$OUT/$t.one.log" 2>&1
-		echo "$(basename "$f" | cut -d- -f1): $(place "$OUT/$t.one.log")"
+		echo "$(basename "$f" | cut -d- -f1): $(place "$OUT/$t.one.log" |
+			sed -E '/^check failed/s/[0-9]+/N/g')"
 	done | sort | uniq -c | sort -rn | sed 's/^/#   /'
 }
 
@@ -195,7 +197,7 @@ for t in $TARGETS; do
 		skip "$t: needs root"
 	elif [ "$KEEP_GOING" = 1 ]; then
 		if [ "$ncrash" -gt 0 ] || [ "$regress_ok" = 0 ]; then
-			echo "# $t: $ncrash crash inputs in $art, by place:"
+			echo "# $t: $ncrash crash inputs in $art, by place (100 at most):"
 			survey "$t" "$art"
 			bad "$t: $stats, $ncrash crash inputs ($SECS s)"
 		else
