@@ -1001,6 +1001,7 @@ void divert_sock_close(void)
 	free(held_pool);
 	free(wbuf);
 	free(clients);
+	held_free = NULL;	/* pointed into the pool */
 	held_pool = NULL;
 	wbuf = NULL;
 	clients = NULL;

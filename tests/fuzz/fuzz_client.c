@@ -42,6 +42,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <dirent.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -999,6 +1001,30 @@ static void reset_rules(void)
 	counters_free();
 }
 
+/* The directories of earlier runs that crashed (an abort skips atexit):
+ * /tmp/fuzz_client.PID whose process is gone. */
+static void remove_stale_dirs(void)
+{
+	DIR *d = opendir("/tmp");
+	struct dirent *e;
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		char path[300];
+		int pid;
+
+		if (sscanf(e->d_name, "fuzz_client.%d", &pid) != 1 || pid <= 0 ||
+		    kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		snprintf(path, sizeof(path), "/tmp/%s/d.sock", e->d_name);
+		unlink(path);
+		snprintf(path, sizeof(path), "/tmp/%s", e->d_name);
+		rmdir(path);
+	}
+	closedir(d);
+}
+
 static void cleanup(void)
 {
 	if (sock_path[0] != '\0') {
@@ -1022,9 +1048,12 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 		proto_fd[i] = -1;
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	FZ_CHECK(epfd >= 0, "epoll: %s", strerror(errno));
-	snprintf(sock_dir, sizeof(sock_dir), "/tmp/fuzz_client.XXXXXX");
-	FZ_CHECK(mkdtemp(sock_dir) != NULL, "mkdtemp: %s", strerror(errno));
+	remove_stale_dirs();
+	snprintf(sock_dir, sizeof(sock_dir), "/tmp/fuzz_client.%d", (int)getpid());
+	FZ_CHECK(mkdir(sock_dir, 0700) == 0 || errno == EEXIST, "mkdir %s: %s",
+		 sock_dir, strerror(errno));
 	snprintf(sock_path, sizeof(sock_path), "%s/d.sock", sock_dir);
+	unlink(sock_path);		/* a pid reused */
 	reset_rules();
 	FZ_CHECK(mark_layout_init(&running_ml, 0xffff0000u) == 0, "layout");
 	dcfg.socket_path = sock_path;
