@@ -343,6 +343,9 @@ def print_table(res):
           % (m.get("loadavg_start"), m.get("loadavg_end"), m.get("other_netns_at_start")))
     for c in CASES:
         print("  %s  %s" % (c, CASE_NAMES[c]))
+    print("div_pass: SO_RCVBUF %s, %s" % (
+        "%s bytes" % fmt(m.get("rcvbuf")) if m.get("rcvbuf") else "FreeBSD's default (65,636 bytes)",
+        "through the shared-memory ring" if m.get("ring", 1) else "without the ring (DIVERT_RING=0)"))
     print()
     if any(res["throughput"][t].get(c) for t, _ in TRAFFIC for c in CASES):
         print_throughput(res)

@@ -44,11 +44,14 @@ PROFILE=1
 ONLY=cases,latency,memory,cores,profile
 CASES="A B C D"
 PASS_OPTS=${PASS_OPTS:-}	# extra div_pass options in C and D (experiments)
+RCVBUF=1048576			# div_pass's SO_RCVBUF (0: FreeBSD's default)
+RING=1				# 0: the shim without its ring (DIVERT_RING=0)
 REPS=
 JSON_OUT=$HERE/results/latest.json
 usage() {
 	echo "usage: sudo bash bench/run.sh [--quick] [--json FILE] [--reps N] [--no-profile]" >&2
 	echo "       [--only cases,latency,memory,cores,profile] [--cases A,B,C,D]" >&2
+	echo "       [--rcvbuf BYTES] [--no-ring]" >&2
 	exit 2
 }
 while [ $# -gt 0 ]; do
@@ -59,6 +62,8 @@ while [ $# -gt 0 ]; do
 	--no-profile) PROFILE=0 ;;
 	--only) [ $# -ge 2 ] || usage; ONLY=$2; shift ;;
 	--cases) [ $# -ge 2 ] || usage; CASES=${2//,/ }; shift ;;
+	--rcvbuf) [ $# -ge 2 ] || usage; RCVBUF=$2; shift ;;
+	--no-ring) RING=0 ;;
 	-h|--help) usage ;;
 	*) usage ;;
 	esac
@@ -299,8 +304,10 @@ start_divertd() {
 divert_prog() {
 	local ready=$WORK/$1.ready out=$WORK/$1.out; shift
 	rm -f "$ready"
+	local buf=()
+	[ "$RCVBUF" != 0 ] && buf=(-b "$RCVBUF")
 	bg "$R" env LD_PRELOAD="$BUILD/libdivert_shim.so" DIVERT_SOCKET="$SOCK" \
-		"$BIN/div_pass" -r "$ready" "$@" >"$out" 2>&1
+		DIVERT_RING="$RING" "$BIN/div_pass" -r "$ready" "${buf[@]}" "$@" >"$out" 2>&1
 	wait_file "$ready" 10
 }
 
@@ -874,6 +881,8 @@ META=$WORK/meta.tsv
 	printf 'tcp_bytes\t%s\n' "$TCP_BYTES"
 	printf 'nrtt\t%s\n' "$NRTT"
 	printf 'nhold\t%s\n' "$NHOLD"
+	printf 'rcvbuf\t%s\n' "$RCVBUF"
+	printf 'ring\t%s\n' "$RING"
 	printf 'perf_insn\t%s\n' "$PERF_INSN"
 	printf 'perf_why\t%s\n' "$PERF_WHY"
 	printf 'profile\t%s\n' "$PROFILE"

@@ -15,13 +15,15 @@
  *               port}; the daemon's DW_REPLY holds 0 or the errno.
  *   recv, recvfrom, recvmsg, read, readv (and the fortified __recv_chk,
  *   __recvfrom_chk, __read_chk)
- *               one recvmsg whose first iovec is the wire header: the
- *               packet lands in the caller's buffer, hdr.addr becomes the
- *               source address.  recvmmsg: one such read per message, as
- *               FreeBSD's libc does it.
+ *               the next packet of the socket's shared-memory ring, copied
+ *               into the caller's buffer (an empty ring is waited for at
+ *               the socket); without a ring, one recvmsg whose first iovec
+ *               is the wire header.  recvmmsg: one such read per message,
+ *               as FreeBSD's libc does it.
  *   sendto, sendmsg, sendmmsg
- *               FreeBSD's checks (divert_wire_check_write), then one
- *               sendmsg of the header and the caller's iovecs per packet.
+ *               FreeBSD's checks (divert_wire_check_write), then the
+ *               packet into the ring (a write-back), or one sendmsg of the
+ *               header and the caller's iovecs.
  *   send, write, writev
  *               EDESTADDRREQ: a divert socket is never connected.
  *   get/setsockopt, getsockname, getpeername, connect, ioctl(FIONREAD)
@@ -34,6 +36,11 @@
  * maps an fd to a refcounted struct divsock shared by dup'ed fds; it is
  * locked, allocates only in socket/dup paths, and an entry leaves it before
  * the real close so that a recycled fd number is never mistaken for ours.
+ *
+ * The ring (divert_wire.h) is asked for at socket(); $DIVERT_RING=0 says
+ * not to.  While packets flow a read or a write-back makes no system
+ * call; the socket still wakes a reader, so poll and friends work as on a
+ * socket that carries the packets itself.
  *
  * The real functions come from dlsym(RTLD_NEXT) on first use (so a hook
  * called from another library's constructor, before ours, still works),
@@ -63,6 +70,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -211,9 +219,47 @@ static void dbg(const char *fmt, ...)
 
 /* ---- the registry ---------------------------------------------------- */
 
+/*
+ * A socket's shared-memory ring (divert_wire.h), mapped once and shared by
+ * its dup'ed fds and by a child after fork.  A call that uses it holds a
+ * reference, so that a close in another thread cannot unmap it under the
+ * call.  The locks live in the ring's own header (its shim bytes), shared
+ * with a forked child, and are robust: a process killed while holding one
+ * does not stop the others.
+ */
+struct divring {
+	atomic_uint refs;
+	struct dw_ring_map *map;
+	size_t maplen;
+	uint8_t *rx, *tx;		/* the rings' bytes */
+	uint32_t rx_size, tx_size;
+};
+
+struct ring_locks {
+	pthread_mutex_t rx, tx;
+	atomic_int tx_kick_owed;	/* a write-back divertd must be woken
+					 * for, when the reader has read all */
+};
+
+_Static_assert(sizeof(struct ring_locks) <= DW_RING_SHIM, "ring locks");
+
+static struct ring_locks *ring_locks(struct divring *rg)
+{
+	return (struct ring_locks *)(void *)rg->map->shim;
+}
+
+static void ring_put(struct divring *rg)
+{
+	if (rg != NULL && atomic_fetch_sub(&rg->refs, 1) == 1) {
+		munmap(rg->map, rg->maplen);
+		free(rg);
+	}
+}
+
 /* What a divert socket is, shared by its dup'ed fds. */
 struct divsock {
 	unsigned refs;			/* registry slots pointing here */
+	struct divring *ring;		/* NULL: packets come on the socket */
 	struct divsock_opts {
 		uint64_t conn;		/* the daemon's connection id */
 		int rcvbuf, sndbuf;	/* SO_RCVBUF, SO_SNDBUF */
@@ -260,8 +306,10 @@ static void reg_leave(int busy)
 
 static void reg_unref_locked(struct divsock *ds)
 {
-	if (--ds->refs == 0)
+	if (--ds->refs == 0) {
+		ring_put(ds->ring);
 		free(ds);
+	}
 }
 
 static void reg_unref(struct divsock *ds)
@@ -301,6 +349,25 @@ static bool reg_lookup(int fd, struct divsock_opts *o)
 		*o = ds->o;
 	reg_leave(busy);
 	return ds != NULL;
+}
+
+/* A reference to fd's ring, or NULL (none, or not a divert fd). */
+static struct divring *reg_ring(int fd)
+{
+	struct divsock *ds;
+	struct divring *rg = NULL;
+	int busy;
+
+	if (!reg_active())
+		return NULL;
+	busy = reg_enter();
+	ds = reg_get_locked(fd);
+	if (ds != NULL && ds->ring != NULL) {
+		rg = ds->ring;
+		atomic_fetch_add(&rg->refs, 1);
+	}
+	reg_leave(busy);
+	return rg;
 }
 
 /* A new reference to fd's state (for dup), or NULL. */
@@ -627,6 +694,350 @@ static int daemon_read(int fd, uint16_t want, struct divert_wire_hdr *hdr)
 	}
 }
 
+/* ---- the ring --------------------------------------------------------- */
+
+/* Locks of the ring: robust, so a dead holder's lock is taken over (what
+ * it left half done, ring_recv() puts right). */
+static void ring_lock(pthread_mutex_t *m)
+{
+	if (pthread_mutex_lock(m) == EOWNERDEAD)
+		pthread_mutex_consistent(m);
+}
+
+static int ring_locks_init(struct divring *rg)
+{
+	struct ring_locks *lk = ring_locks(rg);
+	pthread_mutexattr_t a;
+	int r;
+
+	if ((r = pthread_mutexattr_init(&a)) != 0)
+		return r;
+	r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+	if (r == 0)
+		r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+	if (r == 0)
+		r = pthread_mutex_init(&lk->rx, &a);
+	if (r == 0)
+		r = pthread_mutex_init(&lk->tx, &a);
+	pthread_mutexattr_destroy(&a);
+	return r;
+}
+
+/* The reply to DW_RING on fd, its memfd in *mfd (or -1); 0 or -errno. */
+static int ring_reply(int fd, struct divert_wire_hdr *rep, int *mfd)
+{
+	int64_t deadline = now_ms() + SHIM_TIMEOUT_MS, left;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { .iov_base = rep, .iov_len = sizeof(*rep) };
+	struct msghdr m;
+	struct cmsghdr *cm;
+	ssize_t n;
+
+	*mfd = -1;
+	for (;;) {
+		left = deadline - now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR)
+			return -errno;
+		memset(&m, 0, sizeof(m));
+		m.msg_iov = &iov;
+		m.msg_iovlen = 1;
+		m.msg_control = ctl.buf;
+		m.msg_controllen = sizeof(ctl.buf);
+		n = REAL(recvmsg)(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0)
+			return -errno;
+		break;
+	}
+	for (cm = CMSG_FIRSTHDR(&m); cm != NULL; cm = CMSG_NXTHDR(&m, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+		    cm->cmsg_len >= CMSG_LEN(sizeof(int)))
+			memcpy(mfd, CMSG_DATA(cm), sizeof(int));
+	if (n == 0)
+		return -ECONNRESET;
+	if ((size_t)n != sizeof(*rep) || rep->version != DIVERT_WIRE_VERSION ||
+	    rep->type != DW_RING || (rep->arg == 0 && *mfd < 0))
+		return -EPROTO;
+	return 0;
+}
+
+/*
+ * Ask divertd for a ring (unless $DIVERT_RING is 0).  0 with *out the
+ * ring, or NULL when divertd said no (its packets come on the socket as
+ * before); -errno when the socket is unusable.
+ */
+static int ring_attach(int fd, struct divring **out)
+{
+	struct divert_wire_hdr req = {
+		.type = DW_RING, .version = DIVERT_WIRE_VERSION,
+	}, rep;
+	const char *v = getenv("DIVERT_RING");
+	size_t len = DW_RING_LEN;
+	struct divring *rg;
+	struct stat st;
+	void *map;
+	int mfd, err;
+
+	*out = NULL;
+	if (v != NULL && strcmp(v, "0") == 0)
+		return 0;
+	if (REAL(send)(fd, &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req))
+		return -errno;
+	err = ring_reply(fd, &rep, &mfd);
+	if (err == 0 && rep.arg != 0) {
+		dbg("fd %d: no ring: %s", fd, strerror((int)rep.arg));
+		if (mfd >= 0)
+			REAL(close)(mfd);
+		return 0;
+	}
+	if (err < 0) {
+		if (mfd >= 0)
+			REAL(close)(mfd);
+		return err;
+	}
+	map = MAP_FAILED;
+	if (fstat(mfd, &st) == 0 && (size_t)st.st_size == len)
+		map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	REAL(close)(mfd);
+	if (map == MAP_FAILED)
+		return -ENOBUFS;
+	shim_busy = 1;
+	rg = calloc(1, sizeof(*rg));
+	shim_busy = 0;
+	if (rg == NULL) {
+		munmap(map, len);
+		return -ENOBUFS;
+	}
+	atomic_init(&rg->refs, 1);
+	rg->map = map;
+	rg->maplen = len;
+	rg->rx_size = DW_RING_RX;
+	rg->tx_size = DW_RING_TX;
+	rg->rx = dw_ring_rx(map);
+	rg->tx = dw_ring_tx(map);
+	if (rg->map->magic != DW_RING_MAGIC || rg->map->rx_size != DW_RING_RX ||
+	    rg->map->tx_size != DW_RING_TX || ring_locks_init(rg) != 0) {
+		ring_put(rg);
+		return -EPROTO;
+	}
+	*out = rg;
+	dbg("fd %d: ring of %u + %u bytes", fd, DW_RING_RX, DW_RING_TX);
+	return 0;
+}
+
+/* Take the DW_KICK that the ring's emptying owes (see divert_wire.h);
+ * divertd sends it at the end of its batch, if it has not yet. */
+static void ring_take_kick(int fd)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	struct divert_wire_hdr kick;
+
+	for (;;) {
+		ssize_t n = REAL(recv)(fd, &kick, sizeof(kick), MSG_DONTWAIT);
+
+		if (n >= 0 || (errno != EAGAIN && errno != EINTR))
+			return;		/* taken, or divertd is gone */
+		(void)poll(&pfd, 1, SHIM_TIMEOUT_MS);
+	}
+}
+
+static void ring_send_kick(int fd)
+{
+	static const struct divert_wire_hdr kick = {
+		.type = DW_KICK, .version = DIVERT_WIRE_VERSION,
+	};
+
+	(void)REAL(send)(fd, &kick, sizeof(kick), MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+/* Copy len bytes of src into msg's iovecs; the bytes copied. */
+static size_t iov_scatter(const struct msghdr *msg, const uint8_t *src,
+			  size_t len)
+{
+	size_t done = 0;
+
+	for (size_t i = 0; i < msg->msg_iovlen && done < len; i++) {
+		size_t c = msg->msg_iov[i].iov_len < len - done
+			   ? msg->msg_iov[i].iov_len : len - done;
+
+		if (c > 0)
+			memcpy(msg->msg_iov[i].iov_base, src + done, c);
+		done += c;
+	}
+	return done;
+}
+
+/*
+ * divertd sleeps and a write-back waits: wake it now (the reader has read
+ * everything there is), unless someone has.  The kick is put off while
+ * packets wait to be read, because a program that reads them writes more
+ * back first: one wakeup then answers its whole batch.
+ */
+static void ring_kick_owed(int fd, struct divring *rg)
+{
+	struct ring_locks *lk = ring_locks(rg);
+
+	if (atomic_load_explicit(&lk->tx_kick_owed, memory_order_relaxed) &&
+	    atomic_exchange(&lk->tx_kick_owed, 0) &&
+	    atomic_exchange(&rg->map->tx.wake, 0))
+		ring_send_kick(fd);
+}
+
+/*
+ * One packet from the ring, as div_recv_packet() reads one from the
+ * socket (same returns).  An empty ring is waited on at the socket, with
+ * MSG_PEEK: the wakeup stays for whoever empties the ring, and the
+ * socket's O_NONBLOCK, SO_RCVTIMEO and signals act as on any read.
+ */
+static ssize_t ring_recv(int fd, struct divring *rg, struct msghdr *msg,
+			 int flags, bool *eof)
+{
+	struct dw_ring *r = &rg->map->rx;
+	pthread_mutex_t *lock = &ring_locks(rg)->rx;
+	struct divert_wire_hdr kick;
+	struct dw_rec rec;
+	const uint8_t *p;
+	uint64_t head, was;
+	int64_t count;
+	size_t copied;
+	uint32_t key;
+	int bad;
+	ssize_t n;
+
+	*eof = false;
+	for (;;) {
+		ring_lock(lock);
+		count = atomic_load(&r->count);	/* before tail: see below */
+		head = was = atomic_load_explicit(&r->head, memory_order_relaxed);
+		p = dw_ring_next(rg->rx, rg->rx_size, &head,
+				 atomic_load_explicit(&r->tail, memory_order_acquire),
+				 &rec, &bad);
+		if (p != NULL)
+			break;
+		if (head != was)	/* past a wrap mark */
+			atomic_store(&r->head, head);
+		if (bad) {
+			pthread_mutex_unlock(lock);
+			dbg("fd %d: divertd's ring is garbled", fd);
+			return set_errno(EIO);
+		}
+		/* Empty, yet counted: a reader died between taking a packet
+		 * and counting it (every post is counted after it is seen,
+		 * and count was read first).  Its wakeup is still owed. */
+		if (count >= 1 &&
+		    atomic_compare_exchange_strong(&r->count, &count, 0))
+			ring_take_kick(fd);
+		pthread_mutex_unlock(lock);
+		if (count >= 1)
+			continue;
+		ring_kick_owed(fd, rg);	/* before we wait */
+		n = REAL(recv)(fd, &kick, sizeof(kick),
+			       MSG_PEEK | (flags & MSG_DONTWAIT));
+		if (n == 0)
+			*eof = true;
+		if (n <= 0)
+			return n;
+	}
+	copied = iov_scatter(msg, p, rec.len);
+	key = divert_wire_packet_key(p, rec.len);
+	if (!(flags & MSG_PEEK)) {
+		atomic_store_explicit(&r->taken, atomic_load_explicit(&r->taken,
+				      memory_order_relaxed) + rec.len +
+				      sizeof(rec.addr), memory_order_relaxed);
+		atomic_store(&r->head, head + rec.size);
+		if (atomic_fetch_sub(&r->count, 1) == 1) {
+			ring_take_kick(fd);	/* empty: its wakeup goes */
+			ring_kick_owed(fd, rg);
+		}
+		if (atomic_load(&r->wake) && atomic_exchange(&r->wake, 0))
+			ring_send_kick(fd);	/* divertd waits for room */
+	}
+	pthread_mutex_unlock(lock);
+
+	if (!(flags & MSG_PEEK))
+		reads_note(fd, key, rec.addr.sin_addr.s_addr != INADDR_ANY);
+	if (msg->msg_name != NULL) {
+		size_t c = msg->msg_namelen < sizeof(rec.addr) ? msg->msg_namelen
+							       : sizeof(rec.addr);
+		memcpy(msg->msg_name, &rec.addr, c);
+		msg->msg_namelen = sizeof(rec.addr);
+	}
+	msg->msg_controllen = 0;
+	msg->msg_flags = copied < rec.len ? MSG_TRUNC : 0;
+	return (flags & MSG_TRUNC) ? (ssize_t)rec.len : (ssize_t)copied;
+}
+
+/* A write-back into the ring; false when it does not fit (it goes on the
+ * socket then).  divertd is woken only if it said it sleeps. */
+static bool ring_send(int fd, struct divring *rg, const struct sockaddr_in *to,
+		      const struct msghdr *msg, size_t len)
+{
+	struct dw_ring *r = &rg->map->tx;
+	pthread_mutex_t *lock = &ring_locks(rg)->tx;
+	struct dw_rec rec, *slot;
+	uint64_t tail;
+	size_t done = 0;
+
+	ring_lock(lock);
+	tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	slot = dw_ring_reserve(rg->tx, rg->tx_size,
+			       atomic_load_explicit(&r->head, memory_order_acquire),
+			       &tail, len, rg->tx_size);
+	if (slot == NULL) {
+		pthread_mutex_unlock(lock);
+		return false;
+	}
+	memset(&rec, 0, sizeof(rec));
+	rec.size = (uint32_t)dw_rec_size(len);
+	rec.len = (uint32_t)len;
+	rec.addr = *to;
+	memcpy(slot, &rec, sizeof(rec));
+	for (size_t i = 0; i < msg->msg_iovlen && done < len; i++) {
+		size_t c = msg->msg_iov[i].iov_len < len - done
+			   ? msg->msg_iov[i].iov_len : len - done;
+
+		if (c > 0)
+			memcpy((uint8_t *)(slot + 1) + done,
+			       msg->msg_iov[i].iov_base, c);
+		done += c;
+	}
+	atomic_store(&r->tail, tail + rec.size);
+	if (atomic_load(&r->wake)) {
+		/* divertd sleeps: if packets wait to be read, the reader
+		 * wakes it when it has read them (ring_kick_owed()) */
+		atomic_store(&ring_locks(rg)->tx_kick_owed, 1);
+		if (atomic_load(&rg->map->rx.count) <= 0)
+			ring_kick_owed(fd, rg);
+	}
+	pthread_mutex_unlock(lock);
+	return true;
+}
+
+/* FIONREAD from the ring: the next packet's length, 0 when none. */
+static int ring_fionread(struct divring *rg, int *np)
+{
+	struct dw_ring *r = &rg->map->rx;
+	pthread_mutex_t *lock = &ring_locks(rg)->rx;
+	struct dw_rec rec;
+	uint64_t head;
+	int bad;
+
+	ring_lock(lock);
+	head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	*np = dw_ring_next(rg->rx, rg->rx_size, &head,
+			   atomic_load_explicit(&r->tail, memory_order_acquire),
+			   &rec, &bad) != NULL ? (int)rec.len : 0;
+	pthread_mutex_unlock(lock);
+	return 0;
+}
+
 /* ---- socket ------------------------------------------------------------ */
 
 static bool is_divert(int domain, int type, int protocol)
@@ -699,12 +1110,20 @@ static int div_socket(int type)
 				 err == -EPROTO ? EPROTONOSUPPORT : -err);
 	}
 	ds->o.conn = hdr.conn;
+	err = ring_attach(fd, &ds->ring);
+	if (err < 0) {
+		dbg("fd %d: ring: %s", fd, strerror(-err));
+		REAL(close)(fd);
+		free(ds);
+		return set_errno(err == -ETIMEDOUT ? ETIMEDOUT : ENOBUFS);
+	}
 
 	if (type & SOCK_NONBLOCK) {
 		fl = REAL(fcntl)(fd, F_GETFL);
 		if (fl < 0 || REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
 			err = errno;
 			REAL(close)(fd);
+			ring_put(ds->ring);
 			free(ds);
 			return set_errno(err);
 		}
@@ -787,6 +1206,7 @@ static ssize_t div_recv_packet(int fd, struct msghdr *msg, int flags,
 {
 	struct iovec iov[1 + SHIM_IOV_MAX];
 	struct divert_wire_hdr hdr;
+	struct divring *rg;
 	struct msghdr m;
 	size_t c;
 	ssize_t n;
@@ -797,6 +1217,11 @@ static ssize_t div_recv_packet(int fd, struct msghdr *msg, int flags,
 		return set_errno(EMSGSIZE);
 	if (msg->msg_iovlen > 0 && msg->msg_iov == NULL)
 		return set_errno(EFAULT);
+	if ((rg = reg_ring(fd)) != NULL) {
+		n = ring_recv(fd, rg, msg, flags, eof);
+		ring_put(rg);
+		return n;
+	}
 	iov[0].iov_base = &hdr;
 	iov[0].iov_len = sizeof(hdr);
 	if (msg->msg_iovlen > 0)
@@ -948,11 +1373,17 @@ static int div_recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
 static int div_fionread(int fd, int *np)
 {
 	struct divert_wire_hdr hdr;
+	struct divring *rg;
 	int saved = errno;
 	ssize_t n;
 
 	if (np == NULL)
 		return set_errno(EFAULT);
+	if ((rg = reg_ring(fd)) != NULL) {
+		ring_fionread(rg, np);
+		ring_put(rg);
+		return 0;
+	}
 	n = REAL(recv)(fd, &hdr, sizeof(hdr),
 		       MSG_PEEK | MSG_TRUNC | MSG_DONTWAIT);
 	if (n < 0 && errno != EAGAIN)
@@ -1096,6 +1527,7 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 {
 	struct iovec iov[1 + SHIM_IOV_MAX];
 	struct divert_wire_hdr hdr;
+	struct divring *rg;
 	uint8_t head[20];
 	const void *pkt = head;
 	struct msghdr m;
@@ -1163,6 +1595,13 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 			return set_errno(err);
 		errno = saved;
 		return (ssize_t)len;
+	}
+	if ((rg = reg_ring(fd)) != NULL) {
+		bool posted = ring_send(fd, rg, &hdr.addr, msg, len);
+
+		ring_put(rg);
+		if (posted)
+			return (ssize_t)len;
 	}
 	/* MSG_NOSIGNAL: a daemon gone away is EPIPE, not a dead program */
 	n = REAL(sendmsg)(fd, &m, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);

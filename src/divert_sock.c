@@ -12,14 +12,18 @@
  *  kernel -> client   divert_sock_packet() gets each NFQUEUE packet from
  *      nfq_bridge.c.  No client on the port: a divert drops it (counted as
  *      "no socket", div_noport on FreeBSD), a tee lets it go on.  Otherwise
- *      the packet is sent to the client with its FreeBSD address, and a
+ *      the packet goes to the client with its FreeBSD address, and a
  *      divert's packet is HELD: the kernel keeps it, and we remember its
- *      NFQUEUE id.  Sends are collected during a netlink batch and go out
- *      with one sendmmsg() per client run (divert_sock_flush()).  What
- *      does not fit in the client's buffer is dropped ("full"), and until
- *      it has room its port's queue is paused (client_full()).
+ *      NFQUEUE id.  A client with a shared-memory ring (the shim asks for
+ *      one) gets it copied there, and one wakeup per batch if the ring
+ *      was empty ("rings" below); for any other, sends are collected
+ *      during a netlink batch and go out with one sendmmsg() per client
+ *      run (divert_sock_flush()).  What does not fit in the client's
+ *      buffer is dropped ("full"), and until it has room its port's queue
+ *      is paused (client_full()).
  *
- *  client -> kernel   a written packet that answers a held one (same
+ *  client -> kernel   a written packet (from the client's tx ring, once
+ *      per loop round, or from its socket) that answers a held one (same
  *      client, same direction, same identity: IPv4 id and protocol, or IPv6
  *      next header and length; oldest first) becomes that packet's verdict:
  *      NF_REPEAT, with the tag in our mark bits, so the hook's base chain
@@ -46,6 +50,7 @@
 #include <arpa/inet.h>
 #include <linux/netfilter.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -63,6 +68,9 @@
 #define PENDING_MAX	256		/* sends collected in one batch */
 #define WRITE_BATCH	16		/* client messages per recvmmsg */
 #define WRITE_SLOT	(sizeof(struct divert_wire_hdr) + DIVERT_WIRE_MAXPKT + 1)
+#define RING_WAIT_MAX	(CLIENT_HELD_MAX / 2)	/* packets waiting in a ring:
+					 * the oldest held one, evicted at
+					 * CLIENT_HELD_MAX, was read already */
 
 struct held;
 
@@ -76,7 +84,16 @@ struct client {
 	bool bound;
 	uint16_t port;
 	uint32_t rcvbuf;
+	uint64_t rx_posted;		/* its ring's bytes as FreeBSD counts a
+					 * socket buffer's: packets and their
+					 * 16-byte addresses, since it began */
 	pid_t pid;
+	struct dw_ring_map *ring;	/* NULL: packets go on the socket */
+	uint8_t *rx, *tx;		/* the rings' bytes */
+	uint64_t rx_tail, tx_head;	/* our own positions in them */
+	unsigned kicks_due;		/* DW_KICKs to send at the flush (in
+					 * kicks[] while not 0): one for each
+					 * time its rx ring stopped being empty */
 	struct held *head, *tail;	/* held packets, oldest first */
 	unsigned nheld;
 };
@@ -107,6 +124,9 @@ static char listen_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct client *port_owner[65536];
 static struct client **clients;		/* cfg->max_clients of them */
 static unsigned nclients;
+static struct client **kicks;		/* ring clients to wake at the flush */
+static unsigned nkicks;
+static uint8_t ring_pkt[DIVERT_WIRE_MAXPKT];	/* a write read out of a ring */
 
 static struct held *held_pool, *held_free;
 static struct held *gfirst, *glast;
@@ -222,6 +242,22 @@ static struct held *held_find(struct client *c, uint8_t dir, uint32_t key,
 	return first;
 }
 
+/* A held packet written back: on it goes, after the rule its tag names
+ * (pkt NULL: with the kernel's own bytes). */
+static void held_reinject(struct held *h, bool out, uint16_t tag,
+			  const uint8_t *pkt, uint32_t len)
+{
+	uint32_t mark = mark_with_tag(cfg->ml, h->mark,
+				      rules_resume_tag(cfg->rs, tag));
+
+	nfqb_verdict(h->queue, h->id, NF_REPEAT, &mark, pkt, len);
+	if (out)
+		stats.reinjected_out++;
+	else
+		stats.reinjected_in++;
+	held_release(h);
+}
+
 int divert_sock_timeout(void)
 {
 	uint64_t now;
@@ -240,6 +276,229 @@ void divert_sock_expire(void)
 		held_drop(gfirst);
 		stats.expired++;
 	}
+}
+
+/* ---- rings -------------------------------------------------------------
+ *
+ * A client that asked for one (DW_RING) reads and writes back through a
+ * shared-memory ring (divert_wire.h): divertd copies each packet into
+ * the rx ring and wakes the client only when the ring was empty, once per
+ * batch; the client's write-backs wait in the tx ring, which the loop
+ * empties once per round (divert_sock_idle()), waking up for them only
+ * when it was about to sleep.  The ring is the client's memory as much as
+ * ours: a write is copied out before it is looked at, positions are
+ * checked, and a client that breaks the format is disconnected.
+ */
+
+static int ring_open(struct client *c)
+{
+	struct dw_ring_map *map;
+	int fd;
+
+	if (c->ring != NULL || c->bound)
+		return -EISCONN;	/* packets may be on the socket */
+	fd = memfd_create("divertd-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	/* sealed: a client that shrank it would fault us (SIGBUS) */
+	if (ftruncate(fd, DW_RING_LEN) < 0 ||
+	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+		goto fail;
+	map = mmap(NULL, DW_RING_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		goto fail;
+	map->magic = DW_RING_MAGIC;
+	map->version = DIVERT_WIRE_VERSION;
+	map->rx_size = DW_RING_RX;
+	map->tx_size = DW_RING_TX;
+	c->ring = map;
+	c->rx = dw_ring_rx(map);
+	c->tx = dw_ring_tx(map);
+	c->rx_tail = c->tx_head = c->rx_posted = 0;
+	return fd;
+fail:
+	close(fd);
+	return -errno;
+}
+
+/* DW_RING: make the ring and send it, or the errno. */
+static void client_ring(struct client *c)
+{
+	struct divert_wire_hdr hdr = {
+		.type = DW_RING, .version = DIVERT_WIRE_VERSION,
+	};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { .iov_base = &hdr, .iov_len = sizeof(hdr) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct cmsghdr *cm;
+	int fd = ring_open(c);
+
+	if (fd < 0) {
+		hdr.arg = (uint32_t)-fd;
+	} else {
+		memset(&ctl, 0, sizeof(ctl));
+		mh.msg_control = ctl.buf;
+		mh.msg_controllen = sizeof(ctl.buf);
+		cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	}
+	if (sendmsg(c->p.fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && fd >= 0) {
+		/* it will never read from the ring: the socket it is */
+		munmap(c->ring, DW_RING_LEN);
+		c->ring = NULL;
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+static void ring_close(struct client *c)
+{
+	if (c->kicks_due > 0)
+		for (unsigned i = 0; i < nkicks; i++)
+			if (kicks[i] == c) {
+				kicks[i] = kicks[--nkicks];
+				break;
+			}
+	if (c->ring != NULL)
+		munmap(c->ring, DW_RING_LEN);
+	c->ring = NULL;
+}
+
+/*
+ * Bytes waiting in c's rx ring as FreeBSD counts a socket buffer's (each
+ * packet and its 16-byte address), from what its reader says it took;
+ * a reader that says more than was posted has it all waiting.
+ */
+static uint64_t ring_waiting(const struct client *c)
+{
+	uint64_t w = c->rx_posted - atomic_load(&c->ring->rx.taken);
+
+	return w > c->rx_posted ? c->rx_posted : w;
+}
+
+/* Room again, as a socket is writable again: half of SO_RCVBUF free. */
+static bool ring_room(const struct client *c)
+{
+	return ring_waiting(c) <= c->rcvbuf / 2;
+}
+
+/* Post a packet to c's rx ring; false when it does not fit. */
+static bool ring_post(struct client *c, const struct sockaddr_in *addr,
+		      const uint8_t *pkt, uint32_t len)
+{
+	struct dw_ring *r = &c->ring->rx;
+	uint64_t tail = c->rx_tail;
+	struct dw_rec rec, *slot;
+
+	/* FreeBSD's sbappendaddr(): the packet and its address must fit in
+	 * what SO_RCVBUF leaves */
+	if (ring_waiting(c) + len + sizeof(*addr) > c->rcvbuf ||
+	    atomic_load_explicit(&r->count, memory_order_relaxed) >= RING_WAIT_MAX)
+		return false;
+	slot = dw_ring_reserve(c->rx, DW_RING_RX,
+			       atomic_load_explicit(&r->head, memory_order_acquire),
+			       &tail, len, DW_RING_RX);
+	if (slot == NULL)
+		return false;
+	memset(&rec, 0, sizeof(rec));
+	rec.size = (uint32_t)dw_rec_size(len);
+	rec.len = len;
+	rec.addr = *addr;
+	memcpy(slot, &rec, sizeof(rec));
+	memcpy(slot + 1, pkt, len);
+	c->rx_tail = tail + rec.size;
+	c->rx_posted += len + sizeof(*addr);
+	atomic_store_explicit(&r->tail, c->rx_tail, memory_order_release);
+	/* it was empty: a wakeup, which the reader takes when it empties
+	 * the ring again (maybe before the flush: then the next one is owed
+	 * too) */
+	if (atomic_fetch_add(&r->count, 1) == 0 && c->kicks_due++ == 0)
+		kicks[nkicks++] = c;
+	return true;
+}
+
+/* Wake the readers of rings that were empty: a message each time. */
+static void ring_kick_flush(void)
+{
+	static const struct divert_wire_hdr kick = {
+		.type = DW_KICK, .version = DIVERT_WIRE_VERSION,
+	};
+
+	for (unsigned i = 0; i < nkicks; i++) {
+		/* only extra ones, of a client that miscounts, can fail */
+		for (; kicks[i]->kicks_due > 0; kicks[i]->kicks_due--)
+			(void)send(kicks[i]->p.fd, &kick, sizeof(kick),
+				   MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	nkicks = 0;
+}
+
+static int client_write(struct client *c, const struct divert_wire_hdr *m,
+			uint8_t *pkt, size_t len);
+
+/*
+ * A write-back that left the packet as it was needs none of its bytes: its
+ * verdict leaves the kernel's copy alone.  So it is recognised in the
+ * ring, where the client may still be writing (the worst that does is to
+ * make this miss), and only a packet that changed, or answers nothing, is
+ * copied out and handled as a socket's write (client_write()).
+ */
+static void ring_write(struct client *c, const struct divert_wire_hdr *m,
+		       const uint8_t *p, uint32_t len)
+{
+	uint8_t head[40];
+	size_t n = len < sizeof(head) ? len : sizeof(head);
+	bool out = divert_wire_is_outgoing(&m->addr);
+	struct held *h;
+	uint64_t hash;
+
+	memcpy(head, p, n);
+	if (divert_wire_check_write(head, len, (const struct sockaddr *)&m->addr,
+				    sizeof(m->addr), DIVERT_WIRE_MAXPKT) == 0) {
+		hash = XXH3_64bits(p, len);
+		h = held_find(c, out ? DIR_OUT : DIR_IN,
+			      divert_wire_packet_key(head, len), hash, len);
+		if (h != NULL && h->len == len && h->hash == hash) {
+			held_reinject(h, out, m->addr.sin_port, NULL, 0);
+			return;
+		}
+	}
+	memcpy(ring_pkt, p, len);	/* ours now: then checked */
+	client_write(c, m, ring_pkt, len);
+}
+
+/* What c wrote back into its tx ring; -1 when it broke the format. */
+static int ring_drain(struct client *c)
+{
+	struct dw_ring *r = &c->ring->tx;
+	uint64_t tail = atomic_load(&r->tail);
+	struct divert_wire_hdr m = {
+		.type = DW_PACKET, .version = DIVERT_WIRE_VERSION, .arg = 1,
+	};
+	struct dw_rec rec;
+	const uint8_t *p;
+	int bad;
+
+	while ((p = dw_ring_next(c->tx, DW_RING_TX, &c->tx_head, tail, &rec,
+				 &bad)) != NULL) {
+		m.addr = rec.addr;
+		ring_write(c, &m, p, rec.len);
+		c->tx_head += rec.size;
+		atomic_store_explicit(&r->head, c->tx_head, memory_order_release);
+	}
+	if (bad) {
+		stats.bad_writes++;
+		log_limited(&rl_client, 4, "client %d broke its ring: "
+			    "disconnected", (int)c->pid);
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- clients --------------------------------------------------------- */
@@ -261,11 +520,33 @@ static bool tee_port(uint16_t port)
 	return false;
 }
 
+static void client_room(struct client *c);
+
+/*
+ * A ring client that is full: true (and it is not any more) when its ring
+ * has room, else its reader is asked to kick us when it takes a packet.
+ * The flag goes up before the ring is looked at: a reader that took
+ * packets just now either is seen here or sees the flag.  Called again at
+ * each kick and round of the loop until there is room.
+ */
+static bool ring_wait_room(struct client *c)
+{
+	atomic_store(&c->ring->rx.wake, 1);
+	if (!ring_room(c))
+		return false;
+	client_room(c);
+	return true;
+}
+
 static void client_full(struct client *c)
 {
-	if (c->full || loop_mod(&c->p, EPOLLIN | EPOLLOUT) < 0)
+	if (c->full)
+		return;
+	if (c->ring == NULL && loop_mod(&c->p, EPOLLIN | EPOLLOUT) < 0)
 		return;
 	c->full = true;
+	if (c->ring != NULL && ring_wait_room(c))
+		return;
 	if (!c->bound || port_owner[c->port] != c || tee_port(c->port))
 		return;
 	nfqb_pause(c->port, true, c->nheld);
@@ -284,7 +565,11 @@ void divert_sock_rules_changed(void)
 
 static void client_room(struct client *c)
 {
-	if (!c->full || loop_mod(&c->p, EPOLLIN) < 0)
+	if (!c->full)
+		return;
+	if (c->ring != NULL)
+		atomic_store(&c->ring->rx.wake, 0);
+	else if (loop_mod(&c->p, EPOLLIN) < 0)
 		return;
 	c->full = false;
 	if (c->paused)
@@ -313,6 +598,7 @@ static void client_close(struct client *c)
 		stats.evicted++;
 	}
 	client_unbind(c);
+	ring_close(c);
 	close(c->p.fd);		/* also leaves the epoll set */
 	for (unsigned i = 0; i < nclients; i++)
 		if (clients[i] == c) {
@@ -385,7 +671,8 @@ static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
 }
 
 /*
- * What a client has not read yet waits in our end's send buffer.  FreeBSD
+ * What a client without a ring has not read yet waits in our end's send
+ * buffer (a ring is counted exactly as FreeBSD counts: ring_post()).  FreeBSD
  * limits a socket buffer twice: rcvbuf bytes of data (sb_hiwat) and eight
  * times that of mbuf storage (sb_mbmax, sb_efficiency); Linux counts each
  * message's whole allocation (truesize) against one limit, which is far
@@ -489,14 +776,7 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 				return 0;
 			}
 		}
-		mark = mark_with_tag(cfg->ml, h->mark, resume);
-		nfqb_verdict(h->queue, h->id, NF_REPEAT, &mark,
-			     same ? NULL : pkt, (uint32_t)len);
-		if (out)
-			stats.reinjected_out++;
-		else
-			stats.reinjected_in++;
-		held_release(h);
+		held_reinject(h, out, tag, same ? NULL : pkt, (uint32_t)len);
 		return 0;
 	}
 	mark = mark_with_tag(cfg->ml, 0, resume);
@@ -623,6 +903,11 @@ static void client_message(struct client *c, uint8_t *buf, size_t n)
 	case DW_CTL:
 		client_control(c, &m, (char *)buf + sizeof(m), n - sizeof(m));
 		break;
+	case DW_RING:
+		client_ring(c);
+		break;
+	case DW_KICK:		/* it wrote to its ring, or took from it */
+		break;
 	default:
 		stats.bad_writes++;
 		break;
@@ -665,9 +950,19 @@ static void client_event(struct pollable *p, uint32_t events)
 		goto gone;
 	if ((events & (EPOLLHUP | EPOLLERR)) && n <= 0)
 		goto gone;
+	if (c->ring != NULL) {
+		if (ring_drain(c) < 0) {
+			client_close(c);
+			return;
+		}
+		if (c->full)
+			(void)ring_wait_room(c);
+	}
 	return;
 gone:
 	log_debug("client %d closed", (int)c->pid);
+	if (c->ring != NULL)	/* what it wrote back before it closed */
+		(void)ring_drain(c);
 	client_close(c);
 }
 
@@ -825,6 +1120,29 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 		divert_sock_flush();
 	if (pkt->csum_not_ready)
 		cksum_complete_l4(pkt->data, pkt->len);
+	in = iftable_by_index((int)pkt->indev);
+	if (c->ring != NULL) {
+		struct sockaddr_in addr;
+
+		divert_wire_make_addr(&addr, tag,
+				      pkt->hook == NF_INET_PRE_ROUTING,
+				      in != NULL ? in->first_v4
+						 : (struct in_addr){ 0 },
+				      in != NULL ? in->name : NULL);
+		if (!ring_post(c, &addr, pkt->data, pkt->len)) {
+			if (!tee)
+				nfqb_verdict(pkt->queue, pkt->id, NF_DROP,
+					     NULL, NULL, 0);
+			stats.full++;
+			client_full(c);
+			return;
+		}
+		if (tee) {
+			stats.teed++;
+			return;
+		}
+		stats.diverted++;
+	}
 	if (!tee) {
 		if (batch_now == 0)
 			batch_now = now_ms();	/* one clock read per batch */
@@ -837,11 +1155,12 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 		h->len = pkt->len;
 		h->hash = XXH3_64bits(pkt->data, pkt->len);
 	}
+	if (c->ring != NULL)
+		return;
 	pd = &pending[npending++];
 	pd->c = c;
 	pd->h = h;
 	pd->id = pkt->id;
-	in = iftable_by_index((int)pkt->indev);
 	memset(&pd->hdr, 0, sizeof(pd->hdr));
 	pd->hdr.type = DW_PACKET;
 	pd->hdr.version = DIVERT_WIRE_VERSION;
@@ -910,6 +1229,41 @@ void divert_sock_flush(void)
 	}
 	npending = 0;
 	batch_now = 0;
+	ring_kick_flush();
+}
+
+/* The loop woke up: it will look at every tx ring before it sleeps again,
+ * so a write-back needs no wakeup until then. */
+void divert_sock_awake(void)
+{
+	for (unsigned i = 0; i < nclients; i++)
+		if (clients[i]->ring != NULL)
+			atomic_store_explicit(&clients[i]->ring->tx.wake, 0,
+					      memory_order_relaxed);
+}
+
+/*
+ * The loop is about to wait: what the ring clients wrote back is handled
+ * now, and each is told that we sleep (tx.wake), so that its next write
+ * wakes us.  The flag goes up before the ring is looked at: a write that
+ * this look misses sees the flag.
+ */
+void divert_sock_idle(void)
+{
+	for (unsigned i = nclients; i-- > 0;) {
+		struct client *c = clients[i];
+
+		if (c->ring == NULL)
+			continue;
+		atomic_store(&c->ring->tx.wake, 1);
+		if (ring_drain(c) < 0) {
+			client_close(c);	/* moves the last one to i */
+			continue;
+		}
+		if (c->full)
+			(void)ring_wait_room(c);
+	}
+	divert_sock_flush();
 }
 
 /* ---- the listening socket -------------------------------------------- */
@@ -943,7 +1297,9 @@ int divert_sock_open(const struct divert_config *c)
 	held_pool = calloc(HELD_POOL, sizeof(*held_pool));
 	wbuf = malloc((size_t)WRITE_BATCH * WRITE_SLOT);
 	clients = calloc(c->max_clients, sizeof(*clients));
-	if (held_pool == NULL || wbuf == NULL || clients == NULL)
+	kicks = calloc(c->max_clients, sizeof(*kicks));
+	if (held_pool == NULL || wbuf == NULL || clients == NULL ||
+	    kicks == NULL)
 		return -1;
 	for (size_t i = 0; i < HELD_POOL; i++) {
 		held_pool[i].gnext = held_free;
@@ -1001,6 +1357,9 @@ void divert_sock_close(void)
 	free(held_pool);
 	free(wbuf);
 	free(clients);
+	free(kicks);
+	kicks = NULL;
+	nkicks = 0;
 	held_free = NULL;	/* pointed into the pool */
 	held_pool = NULL;
 	wbuf = NULL;

@@ -47,6 +47,13 @@
  *                                  NUL-terminated); text longer than one
  *                                  message comes in several, val = 1 on all
  *                                  but the last (val = 0).
+ * The ring (optional; see "the shared-memory ring" below):
+ *   client -> daemon  DW_RING      on the data connection, before bind:
+ *                                  deliver through a ring from now on.
+ *   daemon -> client  DW_RING      arg = 0 and the ring's memfd in an
+ *                                  SCM_RIGHTS message, or arg = the errno
+ *                                  (the socket carries packets as before).
+ *   either way        DW_KICK      a wakeup, nothing else (below).
  * Who may do what.  The socket file is owner root, mode 0660, in the group
  * divertd is given (-g; root's otherwise).  The daemon checks every peer
  * with SO_PEERCRED: root, or a member of that group, may divert (bind a
@@ -61,6 +68,7 @@
 #define DIVERT_WIRE_H
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -78,6 +86,8 @@ enum divert_wire_type {
 	DW_WRITE   = 6,
 	DW_CTL     = 7,
 	DW_CTLREPLY = 8,
+	DW_RING    = 9,
+	DW_KICK    = 10,
 };
 
 #define DW_CTL_JSON 0x1u	/* DW_CTL arg: JSON output (list, stats, sockets) */
@@ -202,6 +212,171 @@ static inline void divert_wire_make_addr(struct sockaddr_in *sin,
 	if (ifname != NULL)
 		memcpy(sin->sin_zero, ifname,
 		       strnlen(ifname, sizeof(sin->sin_zero) - 1));
+}
+
+/*
+ * The shared-memory ring.  A client that asks (DW_RING) gets a memfd,
+ * sealed against resizing, that both sides map: a header page, then two
+ * byte rings of records, rx (daemon -> program: the packets it reads) and
+ * tx (program -> daemon: the packets it writes back).  A record is struct
+ * dw_rec and the packet, padded to 8 bytes; one that would not fit before
+ * the end of the ring is preceded by a wrap mark (size DW_REC_WRAP) and
+ * goes at the start.  head and tail count bytes since the start, never
+ * wrapping; each side keeps its own position privately and publishes it,
+ * and trusts nothing of the other's but what it checks: the daemon reads
+ * every record out of the ring before it looks at it, as it reads a
+ * socket message, and a client that breaks the format is disconnected.
+ *
+ * The data connection stays the readiness signal, so poll, select, epoll,
+ * O_NONBLOCK and SO_RCVTIMEO keep their meaning:
+ *   rx   count is records posted less records taken, changed only by
+ *        atomic add (daemon) and subtract (client).  The daemon sends one
+ *        DW_KICK when its add takes count from 0 to 1; the client takes
+ *        one DW_KICK off the socket when its subtract takes count from 1
+ *        to 0.  So the socket holds a message exactly while the ring holds
+ *        a packet (give or take the instant between a post and its add),
+ *        and a reader that finds the ring empty waits on the socket.
+ *        wake = 1: the daemon found the ring full and waits for room; the
+ *        client that takes wake back to 0 sends a DW_KICK.  What fits is
+ *        FreeBSD's rule: the packets waiting and their addresses (16
+ *        bytes each) within SO_RCVBUF; taken tells the daemon how much
+ *        the reader has taken.
+ *   tx   wake = 1: the daemon is going to sleep; a client that posts a
+ *        record and takes wake back to 0 sends a DW_KICK.  An awake
+ *        daemon looks at every tx ring once per round of its loop, so a
+ *        busy one is written to without a system call.  A write that does
+ *        not fit goes on the socket as a DW_PACKET, as without a ring.
+ */
+#define DW_RING_MAGIC	0x52575744u	/* "DWWR" */
+#define DW_RING_HDR	4096u		/* the header page */
+#define DW_RING_RX	(1u << 20)	/* bytes of the rx ring */
+#define DW_RING_TX	(512u << 10)	/* bytes of the tx ring */
+#define DW_RING_SHIM	1024u		/* the client's own bytes in the header
+					 * (its locks); the daemon never reads
+					 * them */
+#define DW_REC_WRAP	0xffffffffu
+
+struct dw_ring {
+	_Atomic uint64_t head;		/* bytes the consumer took */
+	uint8_t pad0[56];		/* its own cache line */
+	_Atomic uint64_t tail;		/* bytes the producer posted */
+	_Atomic int64_t count;		/* rx: records posted - taken */
+	_Atomic uint32_t wake;		/* see above */
+	uint32_t pad1;
+	_Atomic uint64_t taken;		/* rx: bytes the reader took, each
+					 * packet's and its 16-byte address's
+					 * (FreeBSD's socket buffer count) */
+	uint8_t pad2[32];
+};
+
+_Static_assert(sizeof(struct dw_ring) == 128, "ring control size");
+
+struct dw_ring_map {
+	uint32_t magic, version;	/* DW_RING_MAGIC, DIVERT_WIRE_VERSION */
+	uint32_t rx_size, tx_size;	/* DW_RING_RX, DW_RING_TX */
+	uint8_t pad[48];
+	struct dw_ring rx, tx;
+	uint8_t shim[DW_RING_SHIM];
+	/* the rings' bytes start at DW_RING_HDR: rx, then tx */
+};
+
+_Static_assert(sizeof(struct dw_ring_map) <= DW_RING_HDR, "ring header");
+
+#define DW_RING_LEN	(DW_RING_HDR + DW_RING_RX + DW_RING_TX)	/* the memfd */
+
+/* The bytes of a mapped ring's rx ring, and of its tx ring. */
+static inline uint8_t *dw_ring_rx(struct dw_ring_map *map)
+{
+	return (uint8_t *)map + DW_RING_HDR;
+}
+
+static inline uint8_t *dw_ring_tx(struct dw_ring_map *map)
+{
+	return (uint8_t *)map + DW_RING_HDR + DW_RING_RX;
+}
+
+struct dw_rec {
+	uint32_t size;			/* the record, 8-aligned; DW_REC_WRAP */
+	uint32_t len;			/* the packet's bytes */
+	struct sockaddr_in addr;	/* as hdr.addr of DW_PACKET */
+	uint64_t pad;
+};
+
+_Static_assert(sizeof(struct dw_rec) == 32, "ring record size");
+
+static inline uint64_t dw_rec_size(size_t len)
+{
+	return (sizeof(struct dw_rec) + len + 7) & ~(uint64_t)7;
+}
+
+/*
+ * Producer: where a record of a len-byte packet goes, the ring being
+ * data[size] (size a multiple of 8, as both rings' are), the consumer at
+ * head (as read: anything) and the producer at *tail, with at most limit
+ * bytes in use; NULL when it does not fit, or len is over the largest
+ * packet.
+ * A wrap mark is written and *tail moved past it when the record goes at
+ * the start; the caller fills the record, then publishes *tail + its size.
+ */
+static inline struct dw_rec *dw_ring_reserve(uint8_t *data, uint32_t size,
+					     uint64_t head, uint64_t *tail,
+					     size_t len, uint64_t limit)
+{
+	uint64_t need = dw_rec_size(len), used = *tail - head;
+	uint64_t off = *tail % size, end = size - off;
+
+	if (used > size || limit > size || len > DIVERT_WIRE_MAXPKT)
+		return NULL;		/* a consumer that lies is full */
+	if (need > end) {
+		if (used + end + need > limit)
+			return NULL;
+		memcpy(data + off, &(uint32_t){ DW_REC_WRAP }, sizeof(uint32_t));
+		*tail += end;
+		off = 0;
+	} else if (used + need > limit) {
+		return NULL;
+	}
+	return (struct dw_rec *)(void *)(data + off);
+}
+
+/*
+ * Consumer: the next record at *head below tail, its header copied to
+ * *rec (the producer may go on writing the ring); NULL when there is none.
+ * Wrap marks are passed (*head moves).  *bad is set when the producer
+ * broke the format: the record cannot be trusted, nor anything after it.
+ */
+static inline const uint8_t *dw_ring_next(const uint8_t *data, uint32_t size,
+					  uint64_t *head, uint64_t tail,
+					  struct dw_rec *rec, int *bad)
+{
+	for (;;) {
+		uint64_t avail = tail - *head, off = *head % size;
+		uint64_t end = size - off;
+
+		*bad = 0;
+		if (avail == 0)
+			return NULL;
+		if (avail > size || avail % 8 != 0 || off % 8 != 0)
+			break;
+		memcpy(&rec->size, data + off, sizeof(rec->size));
+		if (rec->size == DW_REC_WRAP) {
+			if (end > avail || off == 0)
+				break;
+			*head += end;
+			continue;
+		}
+		if (end < sizeof(*rec))
+			break;
+		memcpy(rec, data + off, sizeof(*rec));
+		if (rec->size < sizeof(*rec) || rec->size % 8 != 0 ||
+		    rec->size > end || rec->size > avail ||
+		    rec->len > DIVERT_WIRE_MAXPKT ||
+		    dw_rec_size(rec->len) != rec->size)
+			break;
+		return data + off + sizeof(*rec);
+	}
+	*bad = 1;
+	return NULL;
 }
 
 #endif /* DIVERT_WIRE_H */

@@ -574,6 +574,7 @@ int main(int argc, char **argv)
 		struct epoll_event ev[64];
 		int n = epoll_pwait(epfd, ev, 64, divert_sock_timeout(), &orig);
 
+		divert_sock_awake();
 		if (n < 0 && errno != EINTR) {
 			log_err("epoll_pwait: %s", strerror(errno));
 			fatal_error = true;
@@ -584,6 +585,7 @@ int main(int argc, char **argv)
 			p->handle(p, ev[i].events);
 		}
 		divert_sock_expire();
+		divert_sock_idle();
 		nfqb_flush();
 		if (dump_stats) {
 			dump_stats = 0;

@@ -388,8 +388,13 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg);
 /* The rules in force changed (cfg->rs): a queue paused for a program
  * that fell behind is read again if a tee rule now sends to it. */
 void divert_sock_rules_changed(void);
-/* End of a netlink batch: flush sends to clients. */
+/* End of a netlink batch: flush sends to clients, wake ring readers. */
 void divert_sock_flush(void);
+/* The loop is about to wait: handle what ring clients wrote back, and
+ * have their next write wake us. */
+void divert_sock_idle(void);
+/* The loop woke up: ring clients' writes need not wake it. */
+void divert_sock_awake(void);
 /* Milliseconds until the next held packet expires, -1 for none. */
 int divert_sock_timeout(void);
 /* Drop held packets whose time is up. */
