@@ -26,15 +26,35 @@
  *     so that a run repeats exactly;
  *   - divertd.c's rule swap (daemon_apply(): as divertd.c, without the
  *     kernel; only root's connections may get there) and the firewall's
- *     counters (fw_counters()).
+ *     counters (fw_counters());
+ *   - the rings' memory (memfd_create(), mmap(), munmap() for
+ *     divert_sock.c alone): real memfds, each mapped between two
+ *     unreadable pages, so that a read past a ring faults; failures as the
+ *     fuzzer says.  The daemon's hash of a write-back (XXH3_64bits())
+ *     tells whose tx ring it read: it must lie inside that tx ring, and
+ *     it may answer only that connection's packets.
  * Each message the daemon reads is in its own receive slot with the rest
  * of the slot marked unreadable, so reading past a message is caught.
+ *
+ * A connection may ask for a shared-memory ring (DW_RING) and then use it
+ * as the shim does: drain() maps the memfd it is sent (its size, seals and
+ * header checked), reads the packets out of the rx ring, takes the
+ * DW_KICK that the ring's emptying owes, and kicks a daemon waiting for
+ * room; its write-backs go into the tx ring.  Every packet a connection
+ * reads, from its socket or its ring, must be one handed over for it, in
+ * order and unchanged.  For an honest ring the DW_KICKs are counted
+ * exactly (one waits on the socket while the ring holds a packet), and
+ * after the loop the daemon has asked for a kick on every write and is
+ * not left waiting for room that its reader has made.  A hostile ring
+ * (OP_RINGPOKE) holds anything the fuzzer writes: the daemon must not
+ * crash, read outside its mapping, or answer a packet twice or for
+ * another connection; it may disconnect that client.
  *
  * Input: a list of operations, each an opcode byte and its arguments
  * (fuzz_client_ops.h).  After the last one every client hangs up, and the
  * daemon must be back where it started: no client, no held packet, no
- * bound port, no paused queue, nothing pending, no socket left open, every
- * packet answered once.
+ * bound port, no paused queue, nothing pending, no socket or memfd left
+ * open, no ring mapped, every packet answered once.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -53,10 +73,12 @@
 #include <arpa/inet.h>
 #include <linux/netfilter.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <xxhash.h>
 
 #include "divertd.h"
 #include "divert_wire.h"
@@ -74,16 +96,29 @@ static int fz_clock_gettime(clockid_t clk, struct timespec *ts);
 static ssize_t fz_getrandom(void *buf, size_t len, unsigned int flags);
 static int fz_getsockopt(int fd, int level, int opt, void *val,
 			 socklen_t *len);
+static int fz_memfd_create(const char *name, unsigned int flags);
+static void *fz_mmap(void *addr, size_t len, int prot, int flags, int fd,
+		     off_t off);
+static int fz_munmap(void *addr, size_t len);
+static XXH64_hash_t fz_xxh3(const void *p, size_t len);
 
 #define recvmmsg(a, b, c, d, e) fz_recvmmsg(a, b, c, d, e)
 #define clock_gettime(a, b) fz_clock_gettime(a, b)
 #define getrandom(a, b, c) fz_getrandom(a, b, c)
 #define getsockopt(a, b, c, d, e) fz_getsockopt(a, b, c, d, e)
+#define memfd_create(a, b) fz_memfd_create(a, b)
+#define mmap(a, b, c, d, e, f) fz_mmap(a, b, c, d, e, f)
+#define munmap(a, b) fz_munmap(a, b)
+#define XXH3_64bits(a, b) fz_xxh3(a, b)
 #include "../../src/divert_sock.c"
 #undef recvmmsg
 #undef clock_gettime
 #undef getrandom
 #undef getsockopt
+#undef memfd_create
+#undef mmap
+#undef munmap
+#undef XXH3_64bits
 
 /* ---- and those inject.c sees ------------------------------------------- */
 
@@ -138,6 +173,20 @@ struct hc {
 	uint64_t id;			/* the daemon's connection id */
 	unsigned named;			/* connections its DW_WRITEs named
 					 * (bit i: hcs[i]) */
+	unsigned cursor;		/* kp[] before it is read or lost: the
+					 * next packet it reads is later */
+	/* its shared-memory ring, used as the shim does */
+	struct dw_ring_map *ring;	/* mapped, or NULL */
+	bool ring_asked;		/* it sent DW_RING */
+	bool bind_named;		/* a DW_BIND named it (EISCONN then) */
+	bool noisy;			/* it sent what is answered on its own
+					 * socket (DW_BIND, DW_WRITE, DW_CTL, a
+					 * second DW_RING), or packets came there:
+					 * a full socket may then lose a DW_KICK,
+					 * so they are not counted */
+	bool poked;			/* the fuzzer wrote into its ring: hostile,
+					 * nothing in it is checked */
+	unsigned kicks;			/* DW_KICKs read and not yet taken */
 };
 static struct hc hcs[FZ_CONNS];
 static unsigned nhc;
@@ -167,7 +216,17 @@ static uint64_t fake_ms = 1000000;
 static uint64_t next_random = 0x1000;
 static int inject_result, frag_result;
 static bool tc_fails, sockets_fail, apply_fails, counters_fail;
+static bool memfd_fails, mmap_fails;
 static uint32_t write_seq;
+
+/* the daemon's ring mappings (fz_mmap()), each between guard pages */
+#define FZ_MAPS		16
+static uint8_t *dmaps[FZ_MAPS];
+static unsigned ndmaps;
+static unsigned nhmaps;			/* the harness's own, of hcs[].ring */
+static uint64_t ring_writer;		/* whose tx ring the daemon hashed last */
+static bool drain_kicked;		/* drain() sent the daemon a DW_KICK */
+static unsigned trace_kicks, trace_ring_reads, trace_ring_writes;
 
 static const int inject_errnos[] = {
 	0, EMSGSIZE, ENETUNREACH, EPERM, ENOBUFS, EHOSTUNREACH, EACCES, 0,
@@ -209,6 +268,91 @@ static ssize_t fz_getrandom(void *buf, size_t len, unsigned int flags)
 	memset(buf, 0, len);
 	memcpy(buf, &v, len < sizeof(v) ? len : sizeof(v));
 	return (ssize_t)len;
+}
+
+/* A ring's memfd, unless the fuzzer says the process is out of them. */
+static int fz_memfd_create(const char *name, unsigned int flags)
+{
+	FZ_CHECK(flags & MFD_ALLOW_SEALING, "a ring memfd that cannot be sealed");
+	if (memfd_fails) {
+		errno = EMFILE;
+		return -1;
+	}
+	return memfd_create(name, flags);
+}
+
+/* A ring mapped between two unreadable pages: reading or writing past it
+ * faults, even where AddressSanitizer does not look (mapped memory). */
+static void *fz_mmap(void *addr, size_t len, int prot, int flags, int fd,
+		     off_t off)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	uint8_t *region;
+	void *p;
+
+	FZ_CHECK(addr == NULL && len == DW_RING_LEN && off == 0 &&
+		 (flags & MAP_SHARED), "mmap of %zu bytes at %lld", len,
+		 (long long)off);
+	FZ_CHECK(ndmaps < FZ_MAPS, "%u rings mapped", ndmaps);
+	if (mmap_fails) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	region = mmap(NULL, len + 2 * page, PROT_NONE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (region == MAP_FAILED)
+		return MAP_FAILED;
+	p = mmap(region + page, len, prot, flags | MAP_FIXED, fd, off);
+	if (p == MAP_FAILED) {
+		int e = errno;
+
+		munmap(region, len + 2 * page);
+		errno = e;
+		return MAP_FAILED;
+	}
+	dmaps[ndmaps++] = p;
+	return p;
+}
+
+static int fz_munmap(void *addr, size_t len)
+{
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+
+	FZ_CHECK(len == DW_RING_LEN, "munmap of %zu bytes", len);
+	for (unsigned i = 0; i < ndmaps; i++)
+		if (dmaps[i] == addr) {
+			dmaps[i] = dmaps[--ndmaps];
+			return munmap((uint8_t *)addr - page, len + 2 * page);
+		}
+	FZ_CHECK(0, "munmap of %p: no ring is mapped there", addr);
+	return -1;
+}
+
+/* The daemon hashes a packet it was handed, a write read off a socket, or
+ * one in a tx ring (or copied out of one: ring_pkt).  One in a ring must
+ * lie inside that ring's tx bytes; the connection it belongs to is the
+ * writer nfqb_verdict() checks. */
+static XXH64_hash_t fz_xxh3(const void *p, size_t len)
+{
+	uintptr_t a = (uintptr_t)p;
+
+	if (p != ring_pkt)
+		ring_writer = 0;
+	for (unsigned i = 0; i < ndmaps; i++) {
+		uintptr_t base = (uintptr_t)dmaps[i];
+
+		if (a < base || a >= base + DW_RING_LEN)
+			continue;
+		FZ_CHECK(a >= base + DW_RING_HDR + DW_RING_RX &&
+			 len <= base + DW_RING_LEN - a, "a write-back of %zu "
+			 "bytes read at %zu of a ring, not inside its tx ring",
+			 len, (size_t)(a - base));
+		for (unsigned k = 0; k < nclients; k++)
+			if ((uintptr_t)clients[k]->ring == base)
+				ring_writer = clients[k]->id;
+		FZ_CHECK(ring_writer != 0, "a ring read that no client has");
+	}
+	return XXH3_64bits(p, len);
 }
 
 static int fz_getsockopt(int fd, int level, int opt, void *val, socklen_t *len)
@@ -371,14 +515,20 @@ void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,
 		fz_touch(payload, len);
 	}
 	/* a write answers only what its connection read (or, on a write
-	 * channel, what the connection it names read) */
-	if (verdict == NF_REPEAT && !k->tee && cur != NULL && cur != &listener) {
-		uint64_t writer = ((struct client *)cur)->id;
+	 * channel, what the connection it names read); one read out of a
+	 * tx ring is that ring's connection's, also when the loop empties
+	 * the rings outside any event (divert_sock_idle()) */
+	if (verdict == NF_REPEAT && !k->tee && cur != &listener) {
+		uint64_t writer = ring_writer != 0 ? ring_writer
+				  : cur != NULL ? ((struct client *)cur)->id : 0;
 
+		FZ_CHECK(writer != 0, "packet %u written back by no connection",
+			 id);
 		FZ_CHECK(k->owner == writer || hc_named(writer, k->owner),
 			 "connection %#llx answered packet %u held by %#llx",
 			 (unsigned long long)writer, id,
 			 (unsigned long long)k->owner);
+		ring_writer = 0;
 	}
 }
 
@@ -570,26 +720,217 @@ static bool reply_errno_ok(int e)
 	return false;
 }
 
-/* Everything the daemon sent us, each message checked. */
+static bool ring_errno_ok(unsigned e)
+{
+	/* already bound or given one; the memfd or its mapping failed */
+	return e == EISCONN || e == EMFILE || e == ENFILE || e == ENOMEM;
+}
+
+static struct hc *hc_by_id(uint64_t id)
+{
+	for (unsigned i = 0; i < nhc; i++)
+		if (hcs[i].id == id && id != 0)
+			return &hcs[i];
+	return NULL;
+}
+
+/* A packet h read, from its socket or its ring: one the kernel handed over
+ * while h's connection held its port, later than the last one it read,
+ * with the bytes it had then (packets that did not fit are skipped). */
+static void hc_got_packet(struct hc *h, const struct sockaddr_in *a,
+			  const uint8_t *p, size_t len)
+{
+	FZ_CHECK(a->sin_family == AF_INET, "family %u", a->sin_family);
+	FZ_CHECK(a->sin_zero[7] == 0, "name not terminated");
+	FZ_CHECK(len <= 65535, "packet of %zu", len);
+	while (h->cursor < nkp) {
+		const struct kpkt *k = &kp[h->cursor++];
+
+		if (k->owner == h->id && k->len == len &&
+		    (k->copy == NULL || memcmp(k->copy, p, len) == 0))
+			return;
+	}
+	FZ_CHECK(0, "connection %#llx read a packet of %zu bytes that was "
+		 "not handed over for it (or read twice, out of order, or "
+		 "changed)", (unsigned long long)h->id, len);
+}
+
+/* The reply to DW_RING: arg 0 exactly when a memfd came; the memfd is
+ * DW_RING_LEN bytes, sealed against resizing, with the ring's header.
+ * Mapped as the shim maps it; the descriptor is closed. */
+static void hc_ring_reply(struct hc *h, const struct divert_wire_hdr *m,
+			  size_t n, int fd)
+{
+	const unsigned want = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+	struct dw_ring_map *map;
+	struct stat st;
+	int seals;
+
+	FZ_CHECK(n == sizeof(*m), "a DW_RING reply of %zu bytes", n);
+	FZ_CHECK(h->ring_asked, "a DW_RING reply never asked for");
+	FZ_CHECK((m->arg == 0) == (fd >= 0), "DW_RING with errno %u and %s",
+		 m->arg, fd >= 0 ? "a descriptor" : "no descriptor");
+	if (fd < 0) {
+		FZ_CHECK(ring_errno_ok(m->arg), "DW_RING errno %u", m->arg);
+		FZ_CHECK(m->arg != EISCONN || h->ring != NULL || h->bind_named,
+			 "DW_RING: EISCONN for a connection never bound, "
+			 "without a ring");
+		return;
+	}
+	FZ_CHECK(h->ring == NULL, "a second ring for one connection (EISCONN "
+		 "is the answer)");
+	FZ_CHECK(fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+		 st.st_size == DW_RING_LEN, "the ring's memfd: %lld bytes",
+		 (long long)st.st_size);
+	seals = fcntl(fd, F_GET_SEALS);
+	FZ_CHECK(seals >= 0 && ((unsigned)seals & want) == want,
+		 "the ring's memfd has seals %#x", seals);
+	map = mmap(NULL, DW_RING_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	FZ_CHECK(map != MAP_FAILED, "mmap of the ring: %s", strerror(errno));
+	close(fd);
+	nhmaps++;
+	h->ring = map;
+	FZ_CHECK(map->magic == DW_RING_MAGIC &&
+		 map->version == DIVERT_WIRE_VERSION &&
+		 map->rx_size == DW_RING_RX && map->tx_size == DW_RING_TX,
+		 "ring header %#x %u %u %u", map->magic, map->version,
+		 map->rx_size, map->tx_size);
+}
+
+/* A DW_KICK from h that does not wait for room: drain() sends it, and
+ * pump() then runs the loop again. */
+static void hc_kick_now(struct hc *h)
+{
+	static const struct divert_wire_hdr kick = {
+		.type = DW_KICK, .version = DIVERT_WIRE_VERSION,
+	};
+
+	if (send(h->fd, &kick, sizeof(kick), MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
+		drain_kicked = true;
+}
+
+/*
+ * The reader's turn at h's rx ring, as the shim's ring_recv() takes each
+ * packet: the record copied out and checked as a DW_PACKET is, taken (rx
+ * taken, head), counted down (the DW_KICK read off the socket when the
+ * count goes from 1 to 0), and a daemon that waits for room (rx wake)
+ * kicked.  An honest ring's DW_KICKs are exact: one waits exactly while
+ * the ring holds a packet; its format is the daemon's to keep.
+ */
+static void ring_read(struct hc *h)
+{
+	struct dw_ring *r = &h->ring->rx;
+	bool honest = !h->poked, counted = honest && !h->noisy;
+	struct dw_rec rec;
+	int64_t count = atomic_load(&r->count);
+
+	if (counted)
+		FZ_CHECK(h->kicks == (count > 0 ? 1u : 0u), "%u DW_KICKs "
+			 "waiting on the socket with %lld packets in the ring "
+			 "(one while it holds any)", h->kicks, (long long)count);
+	for (;;) {
+		uint64_t head = atomic_load(&r->head), was = head;
+		const uint8_t *p;
+		int bad;
+
+		count = atomic_load(&r->count);
+		p = dw_ring_next(dw_ring_rx(h->ring), DW_RING_RX, &head,
+				 atomic_load(&r->tail), &rec, &bad);
+		if (p == NULL) {
+			if (head != was)	/* past a wrap mark */
+				atomic_store(&r->head, head);
+			FZ_CHECK(!honest || !bad, "the daemon broke the format "
+				 "of its rx ring");
+			FZ_CHECK(!honest || count == 0, "an empty rx ring "
+				 "counts %lld packets", (long long)count);
+			return;
+		}
+		trace_ring_reads++;
+		if (honest)
+			hc_got_packet(h, &rec.addr, p, rec.len);
+		atomic_store(&r->taken, atomic_load(&r->taken) + rec.len +
+			     sizeof(rec.addr));
+		atomic_store(&r->head, head + rec.size);
+		if (atomic_fetch_sub(&r->count, 1) == 1) {
+			FZ_CHECK(!counted || h->kicks > 0, "the rx ring is "
+				 "empty again, and no DW_KICK waits for it");
+			if (h->kicks > 0)
+				h->kicks--;
+		}
+		if (atomic_load(&r->wake) && atomic_exchange(&r->wake, 0))
+			hc_kick_now(h);
+	}
+}
+
+/* One message from the daemon on h into rbuf: its length, 0 at EOF, -1
+ * when none waits; a descriptor it carries in *fd (else -1). */
+static ssize_t hc_recv(struct hc *h, int *fd)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} ctl;
+	struct iovec iov = { .iov_base = rbuf, .iov_len = sizeof(rbuf) };
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf),
+	};
+	unsigned nfd = 0;
+	ssize_t n;
+
+	*fd = -1;
+	n = recvmsg(h->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	if (n < 0)
+		return errno == ECONNRESET ? 0 : -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm != NULL;
+	     cm = CMSG_NXTHDR(&mh, cm)) {
+		FZ_CHECK(cm->cmsg_level == SOL_SOCKET &&
+			 cm->cmsg_type == SCM_RIGHTS, "control message %d/%d",
+			 cm->cmsg_level, cm->cmsg_type);
+		for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		     i++) {
+			int v;
+
+			memcpy(&v, CMSG_DATA(cm) + i * sizeof(int), sizeof(v));
+			if (nfd++ == 0)
+				*fd = v;
+			else
+				close(v);
+		}
+	}
+	FZ_CHECK(!(mh.msg_flags & MSG_CTRUNC), "control data cut short");
+	FZ_CHECK(nfd <= 1, "%u descriptors in one message", nfd);
+	if (n == 0 && *fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+	return n;
+}
+
+/* Everything the daemon sent us, each message checked; then what waits in
+ * the connection's rx ring. */
 static void drain(struct hc *h)
 {
 	for (;;) {
 		struct divert_wire_hdr m;
 		ssize_t n;
+		int fd;
 
 		if (h->fd < 0 || h->eof || (h->slow && h->welcomed))
 			return;
-		n = recv(h->fd, rbuf, sizeof(rbuf), MSG_DONTWAIT);
-		if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+		n = hc_recv(h, &fd);
+		if (n == 0) {
 			h->eof = true;
 			return;
 		}
 		if (n < 0)
-			return;
+			break;
 		FZ_CHECK((size_t)n >= sizeof(m), "a %zd-byte message", n);
 		memcpy(&m, rbuf, sizeof(m));
 		FZ_CHECK(m.version == DIVERT_WIRE_VERSION, "version %u",
 			 m.version);
+		FZ_CHECK(fd < 0 || m.type == DW_RING, "a descriptor with a "
+			 "message of type %u", m.type);
 		if (!h->welcomed) {
 			FZ_CHECK(m.type == DW_WELCOME, "first message type %u",
 				 m.type);
@@ -601,17 +942,21 @@ static void drain(struct hc *h)
 			} else {
 				FZ_CHECK(m.conn != 0, "connection id 0");
 				h->id = m.conn;
+				h->cursor = nkp;	/* none given yet */
 			}
 			continue;
 		}
 		FZ_CHECK(!h->refused, "a message after a refusal");
 		switch (m.type) {
 		case DW_PACKET:
-			FZ_CHECK(m.addr.sin_family == AF_INET, "family %u",
-				 m.addr.sin_family);
-			FZ_CHECK(m.addr.sin_zero[7] == 0, "name not terminated");
 			FZ_CHECK((size_t)n <= sizeof(m) + 65535 + 1024,
 				 "packet of %zd", n);
+			/* packets on the socket of a connection that gets a
+			 * ring (it was bound, hung up and lost its port, then
+			 * asked) may leave no room for a DW_KICK */
+			h->noisy = true;
+			hc_got_packet(h, &m.addr, rbuf + sizeof(m),
+				      (size_t)n - sizeof(m));
 			break;
 		case DW_REPLY:
 			trace_replies++;
@@ -632,13 +977,52 @@ static void drain(struct hc *h)
 			FZ_CHECK((size_t)n - sizeof(m) <= DW_CTL_MAXREPLY,
 				 "reply text of %zu", (size_t)n - sizeof(m));
 			break;
+		case DW_RING:
+			if (getenv("FUZZ_CLIENT_TRACE") != NULL)
+				fprintf(stderr, "trace: ring %u%s\n", m.arg,
+					fd >= 0 ? " and its memfd" : "");
+			hc_ring_reply(h, &m, (size_t)n, fd);
+			break;
+		case DW_KICK:
+			FZ_CHECK((size_t)n == sizeof(m), "a DW_KICK of %zd "
+				 "bytes", n);
+			FZ_CHECK(h->ring != NULL, "a DW_KICK on a connection "
+				 "without a ring");
+			trace_kicks++;
+			h->kicks++;
+			break;
 		default:
 			FZ_CHECK(0, "message type %u from the daemon", m.type);
 		}
 	}
+	if (h->ring != NULL)
+		ring_read(h);
 }
 
-/* The daemon's loop, as divertd.c runs it, until nothing is left to do. */
+/* After the loop, which is about to sleep: it has asked every ring that
+ * nobody poked for a DW_KICK on the next write (tx wake), and it is not
+ * left waiting for room in the ring of a reader that took everything
+ * (dropping its packets, its queue paused). */
+static void check_rings(void)
+{
+	for (unsigned i = 0; i < nclients; i++) {
+		const struct client *c = clients[i];
+		const struct hc *h = hc_by_id(c->id);
+
+		if (c->ring == NULL || h == NULL || h->poked)
+			continue;
+		FZ_CHECK(atomic_load(&c->ring->tx.wake) == 1, "the daemon "
+			 "sleeps, and its ring client's writes will not wake it");
+		if (h->ring == NULL || h->slow || h->eof || h->fd < 0)
+			continue;
+		FZ_CHECK(!c->full && !c->paused, "a ring reader took every "
+			 "packet, and the daemon still waits for room in it%s",
+			 c->paused ? " (its queue paused)" : "");
+	}
+}
+
+/* The daemon's loop, as divertd.c runs it, until nothing is left to do:
+ * no event, and no DW_KICK from a reader that made room. */
 static void pump(void)
 {
 	for (int round = 0;; round++) {
@@ -647,18 +1031,22 @@ static void pump(void)
 
 		FZ_CHECK(round < 20000, "the daemon never stops being busy");
 		n = epoll_wait(epfd, ev, 64, 0);
+		divert_sock_awake();
 		for (int i = 0; i < n; i++) {
 			cur = ev[i].data.ptr;
 			cur->handle(cur, ev[i].events);
 			cur = NULL;
 		}
 		divert_sock_expire();
+		divert_sock_idle();
 		nfqb_flush();
+		drain_kicked = false;
 		for (unsigned i = 0; i < nhc; i++)
 			drain(&hcs[i]);
-		if (n <= 0)
+		if (n <= 0 && !drain_kicked)
 			break;
 	}
+	check_rings();
 }
 
 /* Packets handed over in one netlink batch end with its flush, as in
@@ -706,6 +1094,14 @@ static bool hc_send(struct hc *h, const void *msg, size_t len)
 		for (unsigned k = 0; m.type == DW_WRITE && k < nhc; k++)
 			if (hcs[k].id == m.conn && m.conn != 0)
 				h->named |= 1u << k;
+		for (unsigned k = 0; m.type == DW_BIND && k < nhc; k++)
+			if (hcs[k].id == m.conn && m.conn != 0)
+				hcs[k].bind_named = true;
+		if (m.type == DW_BIND || m.type == DW_WRITE ||
+		    m.type == DW_CTL || (m.type == DW_RING && h->ring_asked))
+			h->noisy = true;
+		if (m.type == DW_RING)
+			h->ring_asked = true;
 	}
 	if (send(h->fd, msg, len, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
 		return true;
@@ -815,6 +1211,7 @@ static void hand_over(uint16_t queue, uint8_t hook, uint32_t mark,
 	owner = port_owner[pkt.queue];
 	k->owner = owner != NULL ? owner->id : 0;
 	k->hook = pkt.hook;
+	k->len = (uint32_t)len;
 	batch_data[nbatch++] = pkt.data;
 	divert_sock_packet(&pkt, NULL);
 	if (nkp <= FZ_COPIES) {
@@ -881,6 +1278,20 @@ static void op_packet(struct fz *in)
 	}
 }
 
+/* h closes its socket, and its ring goes with it (as the shim's). */
+static void hc_close(struct hc *h)
+{
+	if (h->fd >= 0)
+		close(h->fd);
+	h->fd = -1;
+	if (h->ring != NULL) {
+		FZ_CHECK(munmap(h->ring, DW_RING_LEN) == 0, "munmap: %s",
+			 strerror(errno));
+		nhmaps--;
+	}
+	h->ring = NULL;
+}
+
 static void op_hangup(struct fz *in)
 {
 	struct hc *h = pick_hc(in);
@@ -888,14 +1299,12 @@ static void op_hangup(struct fz *in)
 
 	if (h == NULL || h->fd < 0)
 		return;
-	if (how & 2) {
-		h->slow = !h->slow;
-	} else if (how & 1) {
+	if (how & 2)
+		h->slow = !h->slow;	/* nor its ring: the daemon finds it full */
+	else if (how & 1)
 		shutdown(h->fd, SHUT_WR);
-	} else {
-		close(h->fd);
-		h->fd = -1;
-	}
+	else
+		hc_close(h);
 }
 
 static void op_info(void)
@@ -950,6 +1359,42 @@ static void op_bind(struct fz *in)
 	hc_send(ctl, &m, sizeof(m));
 }
 
+/*
+ * A write-back into h's tx ring, as the shim's ring_send() puts it there:
+ * reserved after the tail it published (an unaligned one, poked, is full:
+ * the harness must not write past the ring either), the record filled,
+ * the tail published, and a daemon that said it sleeps (tx wake) kicked.
+ * False when it does not fit: it goes on the socket then.
+ */
+static bool hc_ring_send(struct hc *h, const struct sockaddr_in *addr,
+			 const uint8_t *pkt, size_t len)
+{
+	static const struct divert_wire_hdr kick = {
+		.type = DW_KICK, .version = DIVERT_WIRE_VERSION,
+	};
+	struct dw_ring *r = &h->ring->tx;
+	uint64_t tail = atomic_load(&r->tail);
+	struct dw_rec rec, *slot;
+
+	if (tail % 8 != 0)
+		return false;
+	slot = dw_ring_reserve(dw_ring_tx(h->ring), DW_RING_TX,
+			       atomic_load(&r->head), &tail, len, DW_RING_TX);
+	if (slot == NULL)
+		return false;
+	memset(&rec, 0, sizeof(rec));
+	rec.size = (uint32_t)dw_rec_size(len);
+	rec.len = (uint32_t)len;
+	rec.addr = *addr;
+	memcpy(slot, &rec, sizeof(rec));
+	memcpy(slot + 1, pkt, len);
+	atomic_store(&r->tail, tail + rec.size);
+	trace_ring_writes++;
+	if (atomic_load(&r->wake) && atomic_exchange(&r->wake, 0))
+		hc_send(h, &kick, sizeof(kick));
+	return true;
+}
+
 static void op_writeback(struct fz *in)
 {
 	struct hc *h = pick_hc(in);
@@ -985,8 +1430,91 @@ static void op_writeback(struct fz *in)
 	memcpy(msg + sizeof(m), k->copy, k->len);
 	if (x != 0 && k->len > 0)
 		msg[sizeof(m) + off % k->len] ^= x;
+	if (h != NULL && h->fd >= 0 && h->ring != NULL && !(mode & (1 | 0x80))) {
+		/* a ring record always has an address (the shim's sendto()
+		 * needs one): none is 0.0.0.0, outgoing */
+		if (!(mode & 2)) {
+			m.addr.sin_family = AF_INET;
+			m.addr.sin_port = tag;
+		}
+		if (hc_ring_send(h, &m.addr, msg + sizeof(m), k->len)) {
+			free(msg);
+			return;
+		}
+		m.arg = 1;
+		memcpy(msg, &m, sizeof(m));
+	}
 	hc_send(h, msg, sizeof(m) + k->len);
 	free(msg);
+}
+
+/* Connection k asks for a ring (the reply is read by drain()). */
+static void op_ring(struct fz *in)
+{
+	struct hc *h = pick_hc(in);
+	struct divert_wire_hdr m = {
+		.type = DW_RING, .version = DIVERT_WIRE_VERSION,
+	};
+
+	hc_send(h, &m, sizeof(m));
+}
+
+/*
+ * A hostile ring client: the fuzzer's bytes written into connection k's
+ * mapped ring (its control words, unread packets, records the daemon has
+ * not read yet, or a forged record published by moving tx tail), maybe a
+ * DW_KICK, then (mostly) the daemon's loop.  Whatever is there, the daemon must not
+ * crash or read outside the ring (its mapping lies between unreadable
+ * pages), and every check of nfqb_verdict() holds; it may disconnect the
+ * client (drain() sees EOF).  From now on nothing in the ring is checked.
+ */
+static void op_ringpoke(struct fz *in)
+{
+	static const struct divert_wire_hdr kick = {
+		.type = DW_KICK, .version = DIVERT_WIRE_VERSION,
+	};
+	struct hc *h = pick_hc(in);
+	uint8_t where = fz_u8(in);
+	uint16_t off = fz_u16(in);
+	size_t want = fz_u16(in), got;
+	const uint8_t *p = fz_bytes(in, want > 4096 ? 4096 : want, &got);
+	uint8_t *base;
+	uint64_t at, size;
+
+	if (h == NULL || h->ring == NULL)
+		return;
+	h->poked = true;
+	switch (where & 3) {
+	case 0:
+		base = (uint8_t *)h->ring;
+		size = DW_RING_HDR;
+		at = off;
+		break;
+	case 1:
+		base = dw_ring_rx(h->ring);
+		size = DW_RING_RX;
+		at = atomic_load(&h->ring->rx.head) + off;
+		break;
+	case 2:
+		base = dw_ring_tx(h->ring);
+		size = DW_RING_TX;
+		at = atomic_load(&h->ring->tx.head) + off;
+		break;
+	default:
+		base = dw_ring_tx(h->ring);
+		size = DW_RING_TX;
+		at = atomic_load(&h->ring->tx.tail);
+		break;
+	}
+	for (size_t i = 0; i < got; i++)
+		base[(at + i) % size] = p[i];
+	if ((where & 3) == 3)
+		atomic_store(&h->ring->tx.tail,
+			     atomic_load(&h->ring->tx.tail) + off);
+	if (where & 4)
+		hc_send(h, &kick, sizeof(kick));
+	if (!(where & 8))
+		pump();
 }
 
 /* ---- one run ------------------------------------------------------------------ */
@@ -1080,6 +1608,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	pending_first = pending_n = 0;
 	inject_result = frag_result = 0;
 	tc_fails = sockets_fail = apply_fails = counters_fail = false;
+	memfd_fails = mmap_fails = false;
+	ring_writer = 0;
 	nredirects = 0;		/* inject.c's tc filters: none yet */
 	while (!fz_empty(&in)) {
 		uint8_t op = fz_u8(&in) % OP_N;
@@ -1114,6 +1644,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			frag_result = v & 0x40 ? ENOBUFS : 0;
 			tc_fails = v & 0x80;
 			sockets_fail = v & 0x20;
+			memfd_fails = v & 8;
+			mmap_fails = v & 0x10;
 			break;
 		}
 		case OP_INFO:
@@ -1139,6 +1671,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case OP_WRITEBACK:
 			op_writeback(&in);
 			break;
+		case OP_RING:
+			op_ring(&in);
+			break;
+		case OP_RINGPOKE:
+			op_ringpoke(&in);
+			break;
 		}
 	}
 	end_batch();
@@ -1146,13 +1684,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* everyone hangs up: the daemon must be back where it started */
 	for (unsigned i = 0; i < nhc; i++)
-		if (hcs[i].fd >= 0) {
-			close(hcs[i].fd);
-			hcs[i].fd = -1;
-		}
+		hc_close(&hcs[i]);
 	pump();
 	FZ_CHECK(divert_sock_clients() == 0, "%u clients left",
 		 divert_sock_clients());
+	FZ_CHECK(ndmaps == 0 && nhmaps == 0, "%u rings left mapped by the "
+		 "daemon, %u by the harness", ndmaps, nhmaps);
 	divert_sock_flush();
 	FZ_CHECK(npending == 0, "sends pending");
 	FZ_CHECK(gfirst == NULL && glast == NULL, "packets still held");
@@ -1180,17 +1717,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			 "(a stuck packet)", kp[i].id, kp[i].verdicts);
 		free(kp[i].copy);
 	}
-	/* no socket left open but the listener (the sanitizers' own pipes
-	 * and files may come and go) */
+	/* no socket left open but the listener, and no ring's memfd (the
+	 * sanitizers' own pipes and files may come and go) */
 	probe = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	close(probe);
 	for (int fd = 0; fd < probe + 64; fd++) {
 		struct stat st;
 
-		if (fd == listener.fd || fstat(fd, &st) < 0 ||
-		    !S_ISSOCK(st.st_mode))
+		if (fd == listener.fd || fstat(fd, &st) < 0)
 			continue;
-		FZ_CHECK(0, "socket descriptor %d left open", fd);
+		FZ_CHECK(!S_ISSOCK(st.st_mode), "socket descriptor %d left "
+			 "open", fd);
+		if (S_ISREG(st.st_mode) && st.st_nlink == 0) {
+			char path[64], target[64];
+			ssize_t n;
+
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+			n = readlink(path, target, sizeof(target) - 1);
+			target[n > 0 ? n : 0] = '\0';
+			FZ_CHECK(strncmp(target, "/memfd:", 7) != 0,
+				 "memfd %d (%s) left open", fd, target);
+		}
 	}
 	if (getenv("FUZZ_CLIENT_TRACE") != NULL) {
 		const struct divert_stats *st = divert_sock_stats();
@@ -1200,7 +1747,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			"reinjected out %llu in %llu injected out %llu in %llu "
 			"inject errors %llu expired %llu evicted %llu "
 			"bad writes %llu bad cksum %llu no iface %llu "
-			"channel %llu; replies %u, ctl replies %u\n", nhc, nkp,
+			"channel %llu; replies %u, ctl replies %u; ring reads "
+			"%u, writes %u, kicks %u\n", nhc, nkp,
 			(unsigned long long)st->diverted,
 			(unsigned long long)st->teed,
 			(unsigned long long)st->noport,
@@ -1216,7 +1764,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			(unsigned long long)st->bad_cksum_in,
 			(unsigned long long)st->no_iface,
 			(unsigned long long)st->channel_writes,
-			trace_replies, trace_ctlreplies);
+			trace_replies, trace_ctlreplies, trace_ring_reads,
+			trace_ring_writes, trace_kicks);
 	}
 	reset_rules();
 	return 0;

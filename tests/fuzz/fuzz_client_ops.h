@@ -34,7 +34,9 @@ enum {
 	OP_TIME,	/* ms:2: the clock moves on (held packets expire) */
 	OP_RESULTS,	/* v: injection's sends fail with errno v & 7 of a
 			 * list, & 0x40: fragments fail, & 0x80: tc fails,
-			 * & 0x20: its sockets cannot be opened */
+			 * & 0x20: its sockets cannot be opened; a ring
+			 * cannot be made: & 8: memfd_create() fails (EMFILE),
+			 * & 0x10: mmap() fails (ENOMEM) */
 	OP_INFO,	/* the read-only calls: ports, clients, held, timeout */
 	OP_CTL,		/* k flags len:1 text: a divertctl command line from
 			 * connection k, words split at blanks; flags & 1:
@@ -47,7 +49,24 @@ enum {
 			 * mode & 1: as DW_WRITE naming connection mode >> 4,
 			 * & 2: with an address, (mode >> 2) & 3 picking
 			 * 0.0.0.0, 192.0.2.1, 127.0.0.1 or 203.0.113.9,
-			 * & 0x40: "eth0" in sin_zero */
+			 * & 0x40: "eth0" in sin_zero; a DW_PACKET of a
+			 * connection with a ring goes into its tx ring (on the
+			 * socket when it does not fit), & 0x80: on the socket
+			 * even so */
+	OP_RING,	/* k: connection k asks for a shared-memory ring
+			 * (DW_RING), as the shim does at socket() */
+	OP_RINGPOKE,	/* k where off:2 len:2 bytes: connection k writes
+			 * len bytes (at most 4096) into its mapped ring, then
+			 * the daemon's loop runs; where & 3: 0 the header page
+			 * at off % 4096 (the control words: rx at 64, tx at
+			 * 192: head +0, tail +64, count +72, wake +80, taken
+			 * +88), 1 the rx ring off bytes past rx.head, 2 the tx
+			 * ring off bytes past tx.head (records the daemon has
+			 * not read), 3 a forged tx record: at tx.tail, then
+			 * tx.tail += off; the ring's bytes wrap; where & 4: a
+			 * DW_KICK follows, & 8: the loop does not run yet (a
+			 * tx wake poked to 0 stays: the next write-back does
+			 * not kick, the loop finds it when it is idle) */
 	OP_N
 };
 

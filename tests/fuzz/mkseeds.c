@@ -4,13 +4,14 @@
  * only what a meaningful first input of each target is: real NFQUEUE
  * packet messages and rtnetlink dumps built with libmnl, as the kernel
  * sends them; valid and invalid writes; client sessions that bind, read,
- * write back, inject, and run divertctl's commands.  fuzz_config's seeds
- * are the config files of tests/golden and contrib/nft-rules, copied by
- * run.sh.
+ * write back, inject, and run divertctl's commands, through sockets and
+ * shared-memory rings, honest and hostile.  fuzz_config's seeds are the
+ * config files of tests/golden and contrib/nft-rules, copied by run.sh.
  *
  *     mkseeds CORPUS_DIR
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -864,6 +865,378 @@ static void client_seeds(void)
 	save("fuzz_client", "malformed", &o);
 }
 
+/* ---- fuzz_client: the shared-memory ring ---------------------------------- */
+
+static void c_ring(struct out *o, unsigned k)
+{
+	u8(o, OP_RING);
+	u8(o, k);
+}
+
+static void c_bind(struct out *o, unsigned ctl, unsigned k, unsigned portsel)
+{
+	u8(o, OP_BIND);
+	u8(o, ctl);
+	u8(o, k);
+	u8(o, portsel);
+}
+
+static void c_poke(struct out *o, unsigned k, unsigned where, unsigned off,
+		   const void *p, size_t len)
+{
+	u8(o, OP_RINGPOKE);
+	u8(o, k);
+	u8(o, where);
+	u16(o, off);
+	u16(o, (unsigned)len);
+	put(o, p, len);
+}
+
+static void c_setopt(struct out *o, unsigned k, uint32_t rcvbuf)
+{
+	struct divert_wire_hdr m;
+
+	memset(&m, 0, sizeof(m));
+	m.version = DIVERT_WIRE_VERSION;
+	m.type = DW_SETOPT;
+	m.arg = SO_RCVBUF;
+	m.val = rcvbuf;
+	c_raw(o, k, 0, &m, NULL, 0, 0);
+}
+
+/* count copies of a packet of padlen bytes (at most 2048 each) */
+static void c_packet_many_pad(struct out *o, unsigned portsel, unsigned flags,
+			      const uint8_t *p, size_t len, size_t padlen,
+			      unsigned count)
+{
+	u8(o, OP_PACKET);
+	u8(o, portsel);
+	u8(o, 0);
+	u32(o, 0);
+	u8(o, 1);
+	u8(o, flags | 8 | 0x10);
+	u16(o, (unsigned)len);
+	u16(o, (unsigned)(padlen / 2));
+	u16(o, count);
+	put(o, p, len);
+}
+
+/* A ring session's start: connection 0 asks for a ring, as the shim does
+ * at socket(), then connection 1 binds it to the port portsel picks. */
+static void c_ring_start(struct out *o, unsigned portsel)
+{
+	c_connect(o, 0);
+	c_connect(o, 0);
+	c_ring(o, 0);
+	u8(o, OP_PUMP);
+	c_bind(o, 1, 0, portsel);
+	u8(o, OP_PUMP);
+}
+
+/* The poke sessions: an incoming ping read off the ring and written
+ * back into the tx ring (the daemon has not looked yet), the poke (then
+ * maybe a DW_KICK, and the loop), another ping read and written back. */
+static void ring_poke_seed(const char *name, unsigned where, size_t off,
+			   const void *v, size_t len)
+{
+	uint8_t pkt[200];
+	struct out o;
+	size_t n = icmp4_echo(pkt);
+
+	o.n = 0;
+	c_ring_start(&o, 0);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 0, 2 | 1 << 2, 100, 0, 0);
+	c_poke(&o, 0, where, (unsigned)off, v, len);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 1, 2 | 1 << 2, 100, 0, 0);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", name, &o);
+}
+
+/* A forged tx record of rec's header and the packet, published (tx tail
+ * moved past it by advance), after an outgoing SYN was read; kick: a
+ * DW_KICK follows (else the loop finds it when it is idle). */
+static void ring_forged_seed(const char *name, uint32_t size, uint32_t len,
+			     uint32_t advance, int kick)
+{
+	uint8_t pkt[200], buf[300];
+	struct dw_rec rec;
+	struct out o;
+	size_t n = tcp4_syn(pkt);
+
+	o.n = 0;
+	c_ring_start(&o, 0);
+	c_packet(&o, 0, 1, 0, 0, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	memset(&rec, 0, sizeof(rec));
+	rec.size = size;
+	rec.len = len;
+	rec.addr.sin_family = AF_INET;
+	rec.addr.sin_port = 100;
+	memcpy(buf, &rec, sizeof(rec));
+	memcpy(buf + sizeof(rec), pkt, n);
+	c_poke(&o, 0, 3 | (kick ? 4 : 0), advance, buf, sizeof(rec) + n);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", name, &o);
+}
+
+static void ring_seeds(void)
+{
+	static const struct {
+		const char *name;
+		size_t off, len;
+		uint64_t v;
+	} words[] = {
+		{ "ring-poke-magic", offsetof(struct dw_ring_map, magic), 4, 0 },
+		{ "ring-poke-rx-head", offsetof(struct dw_ring_map, rx.head), 8,
+		  1ull << 40 },
+		{ "ring-poke-rx-tail", offsetof(struct dw_ring_map, rx.tail), 8,
+		  0x1234567 },
+		{ "ring-poke-rx-count", offsetof(struct dw_ring_map, rx.count), 8,
+		  0x7fffffffffffffffull },
+		{ "ring-poke-rx-wake", offsetof(struct dw_ring_map, rx.wake), 4, 1 },
+		{ "ring-poke-rx-taken", offsetof(struct dw_ring_map, rx.taken), 8,
+		  ~0ull },
+		{ "ring-poke-tx-head", offsetof(struct dw_ring_map, tx.head), 8, 8 },
+		{ "ring-poke-tx-tail", offsetof(struct dw_ring_map, tx.tail), 8, 3 },
+		{ "ring-poke-tx-count", offsetof(struct dw_ring_map, tx.count), 8,
+		  ~0ull },
+		{ "ring-poke-tx-wake", offsetof(struct dw_ring_map, tx.wake), 4, 0 },
+		{ "ring-poke-tx-taken", offsetof(struct dw_ring_map, tx.taken), 8,
+		  1ull << 63 },
+	};
+	static const uint8_t garbage[16] = {
+		0xff, 0xff, 0xff, 0xff, 0x39, 0x30, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0,
+	};
+	uint8_t pkt[200];
+	struct out o;
+	size_t n;
+
+	/* natd through a ring: an incoming ping and an outgoing SYN read off
+	 * the rx ring; the ping written back unchanged into the tx ring
+	 * (answered from the ring), the SYN rewritten (TTL: copied out);
+	 * one written on the socket even so; and one left in the tx ring
+	 * when the program closes (read before the daemon closes it) */
+	o.n = 0;
+	c_ring_start(&o, 0);
+	n = icmp4_echo(pkt);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	n = tcp4_syn(pkt);
+	c_packet(&o, 0, 1, 0, 0, 4 | 1, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 0, 2 | 1 << 2, 100, 0, 0);
+	c_writeback(&o, 0, 1, 0, 0, 8, 0x01);
+	u8(&o, OP_PUMP);
+	n = icmp4_echo(pkt);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 2, 0x80 | 2 | 1 << 2, 100, 0, 0);
+	c_writeback(&o, 0, 3, 2 | 1 << 2, 100, 0, 0);
+	u8(&o, OP_HANGUP);
+	u8(&o, 0);
+	u8(&o, 0);
+	u8(&o, OP_PUMP);
+	u8(&o, OP_INFO);
+	save("fuzz_client", "ring-natd", &o);
+
+	/* a ring that wraps: SO_RCVBUF 1 MiB, 700 packets of 2048 bytes
+	 * read between batches (1.4 MiB through the 1 MiB rx ring), some
+	 * written back */
+	o.n = 0;
+	c_ring_start(&o, 2);
+	c_setopt(&o, 0, 1u << 20);
+	u8(&o, OP_PUMP);
+	n = udp4(pkt);
+	c_packet_many_pad(&o, 2, 4 | 0x20, pkt, n, 2048, 700);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 5, 2 | 1 << 2, 200, 0, 0);
+	c_writeback(&o, 0, 6, 2 | 1 << 2, 200, 40, 0x10);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-wrap", &o);
+
+	/* a ring reader that cannot keep up: SO_RCVBUF 4096, not read; the
+	 * ring is full, the queue paused, packets dropped at once; it reads
+	 * again (and kicks the daemon that waits for room) */
+	o.n = 0;
+	c_ring_start(&o, 2);
+	c_setopt(&o, 0, 4096);
+	u8(&o, OP_PUMP);
+	u8(&o, OP_HANGUP);	/* stop reading */
+	u8(&o, 0);
+	u8(&o, 2);
+	n = udp4(pkt);
+	c_packet_many_pad(&o, 2, 4, pkt, n, 1200, 6);
+	u8(&o, OP_PUMP);
+	c_packet(&o, 2, 0, 0, 1, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_HANGUP);	/* read again */
+	u8(&o, 0);
+	u8(&o, 2);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 0, 2 | 1 << 2, 200, 0, 0);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-full", &o);
+
+	/* the rx ring itself full: the largest SO_RCVBUF, not read, 600
+	 * packets of 2048 bytes (more than its 1 MiB) */
+	o.n = 0;
+	c_ring_start(&o, 2);
+	c_setopt(&o, 0, DIVERT_WIRE_SOCKBUF_MAX);
+	u8(&o, OP_PUMP);
+	u8(&o, OP_HANGUP);
+	u8(&o, 0);
+	u8(&o, 2);
+	c_packet_many_pad(&o, 2, 4, pkt, n, 2048, 600);
+	u8(&o, OP_PUMP);
+	u8(&o, OP_HANGUP);
+	u8(&o, 0);
+	u8(&o, 2);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-full-space", &o);
+
+	/* tee copies through a ring (port 9000 has a tee rule: never
+	 * paused) */
+	o.n = 0;
+	c_ring_start(&o, 1);
+	n = tcp4_syn(pkt);
+	c_packet(&o, 1, 0, 0, 1, 2, pkt, n);
+	c_packet(&o, 1, 1, 0, 0, 2 | 1, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 0, 0, 2 | 1 << 2, 150, 0, 0);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-tee", &o);
+
+	/* rings refused: to a bound connection, a second one (EISCONN), no
+	 * memfd (EMFILE), no mapping (ENOMEM); then given; a DW_KICK from a
+	 * connection without one */
+	o.n = 0;
+	c_connect(&o, 0);
+	c_connect(&o, 0);
+	c_connect(&o, 0);
+	c_bind(&o, 1, 0, 0);
+	u8(&o, OP_PUMP);
+	c_ring(&o, 0);
+	c_ring(&o, 2);
+	u8(&o, OP_PUMP);
+	c_ring(&o, 2);
+	u8(&o, OP_RESULTS);
+	u8(&o, 8);
+	c_connect(&o, 0);
+	c_ring(&o, 3);
+	u8(&o, OP_PUMP);
+	u8(&o, OP_RESULTS);
+	u8(&o, 0x10);
+	c_ring(&o, 3);
+	u8(&o, OP_PUMP);
+	u8(&o, OP_RESULTS);
+	u8(&o, 0);
+	c_ring(&o, 3);
+	{
+		struct divert_wire_hdr m;
+
+		memset(&m, 0, sizeof(m));
+		m.version = DIVERT_WIRE_VERSION;
+		m.type = DW_KICK;
+		c_raw(&o, 1, 0, &m, NULL, 0, 0);
+	}
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-refused", &o);
+
+	/* hostile rings: each control word poked (then a DW_KICK) */
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+		ring_poke_seed(words[i].name, 0 | 4, words[i].off, &words[i].v,
+			       words[i].len);
+	/* a record header the daemon has not read yet made garbage; one
+	 * the program has not read yet */
+	ring_poke_seed("ring-poke-tx-record", 2 | 4, 0, garbage, sizeof(garbage));
+	ring_poke_seed("ring-poke-rx-record", 1, 0, garbage, sizeof(garbage));
+
+	/* forged tx records: a good one (answers the SYN read), one whose
+	 * size does not match its length, a wrap mark at the ring's start,
+	 * a packet over 65535 bytes, a tail moved by an odd amount */
+	ring_forged_seed("ring-forged-record", 72, 40, 72, 1);
+	ring_forged_seed("ring-forged-idle", 72, 40, 72, 0);
+	ring_forged_seed("ring-bogus-size", 72, 41, 72, 1);
+	ring_forged_seed("ring-bogus-wrap", DW_REC_WRAP, 40, 72, 1);
+	ring_forged_seed("ring-bogus-len", 72, 70000, 72, 1);
+	ring_forged_seed("ring-bogus-tail", 72, 40, 75, 0);
+
+	/* records of the largest packet, each read before the next: the
+	 * eighth would end past the tx ring (and the mapping) */
+	o.n = 0;
+	c_connect(&o, 0);
+	c_connect(&o, 0);
+	c_ring(&o, 0);
+	u8(&o, OP_PUMP);
+	c_bind(&o, 1, 0, 0);
+	u8(&o, OP_PUMP);
+	for (unsigned i = 0; i < 8; i++) {
+		struct dw_rec rec;
+		uint64_t tail = (i + 1) * dw_rec_size(DIVERT_WIRE_MAXPKT);
+
+		memset(&rec, 0, sizeof(rec));
+		rec.size = (uint32_t)dw_rec_size(DIVERT_WIRE_MAXPKT);
+		rec.len = DIVERT_WIRE_MAXPKT;
+		rec.addr.sin_family = AF_INET;
+		c_poke(&o, 0, 3 | 8, 0, &rec, sizeof(rec));
+		c_poke(&o, 0, 4, offsetof(struct dw_ring_map, tx.tail), &tail,
+		       sizeof(tail));
+	}
+	save("fuzz_client", "ring-bogus-past-end", &o);
+
+	/* write-backs that do not kick (tx wake poked to 0, the loop not
+	 * run): the loop finds them when it is about to sleep */
+	o.n = 0;
+	c_ring_start(&o, 0);
+	n = icmp4_echo(pkt);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	n = tcp4_syn(pkt);
+	c_packet(&o, 0, 1, 0, 0, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	{
+		uint32_t zero = 0;
+
+		c_poke(&o, 0, 8, offsetof(struct dw_ring_map, tx.wake), &zero,
+		       sizeof(zero));
+	}
+	c_writeback(&o, 0, 0, 2 | 1 << 2, 100, 0, 0);
+	c_writeback(&o, 0, 1, 0, 0, 8, 0x01);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-idle-write", &o);
+
+	/* two ring readers given the same bytes; the second writes back the
+	 * first one's packet: it answers its own */
+	o.n = 0;
+	c_connect(&o, 0);
+	c_connect(&o, 0);
+	c_connect(&o, 0);
+	c_ring(&o, 0);
+	c_ring(&o, 1);
+	u8(&o, OP_PUMP);
+	c_bind(&o, 2, 0, 0);
+	c_bind(&o, 2, 1, 2);
+	u8(&o, OP_PUMP);
+	n = icmp4_echo(pkt);
+	c_packet(&o, 0, 0, 0, 1, 4, pkt, n);
+	c_packet(&o, 2, 0, 0, 1, 4, pkt, n);
+	u8(&o, OP_FLUSH);
+	u8(&o, OP_PUMP);
+	c_writeback(&o, 1, 0, 2 | 1 << 2, 100, 0, 0);
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "ring-two-readers", &o);
+}
+
 /* ---- fuzz_config (besides the tree's config files, run.sh copies) ---- */
 
 static void text(const char *name, const char *t)
@@ -910,6 +1283,7 @@ int main(int argc, char **argv)
 	rtnl_seeds();
 	wire_seeds();
 	client_seeds();
+	ring_seeds();
 	config_seeds();
 	return 0;
 }
