@@ -833,10 +833,14 @@ static int ring_attach(int fd, struct divring **out)
 }
 
 /* Take the DW_KICK that the ring's emptying owes (see divert_wire.h);
- * divertd sends it at the end of its batch, if it has not yet. */
+ * divertd sends it at the end of its batch, if it has not yet.  Waited
+ * for SHIM_TIMEOUT_MS at most: a divertd that never sent it must not
+ * hang the program (a kick that comes later only makes the socket
+ * readable once with nothing to read). */
 static void ring_take_kick(int fd)
 {
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	int64_t deadline = now_ms() + SHIM_TIMEOUT_MS, left;
 	struct divert_wire_hdr kick;
 
 	for (;;) {
@@ -844,7 +848,12 @@ static void ring_take_kick(int fd)
 
 		if (n >= 0 || (errno != EAGAIN && errno != EINTR))
 			return;		/* taken, or divertd is gone */
-		(void)poll(&pfd, 1, SHIM_TIMEOUT_MS);
+		left = deadline - now_ms();
+		if (left <= 0) {
+			dbg("fd %d: divertd owes a wakeup it did not send", fd);
+			return;
+		}
+		(void)poll(&pfd, 1, (int)left);
 	}
 }
 

@@ -382,10 +382,12 @@ static uint64_t ring_waiting(const struct client *c)
 	return w > c->rx_posted ? c->rx_posted : w;
 }
 
-/* Room again, as a socket is writable again: half of SO_RCVBUF free. */
+/* Room again, as a socket is writable again: half of each limit
+ * ring_post() applies free (SO_RCVBUF's bytes, RING_WAIT_MAX packets). */
 static bool ring_room(const struct client *c)
 {
-	return ring_waiting(c) <= c->rcvbuf / 2;
+	return ring_waiting(c) <= c->rcvbuf / 2 &&
+	       atomic_load(&c->ring->rx.count) <= RING_WAIT_MAX / 2;
 }
 
 /* Post a packet to c's rx ring; false when it does not fit. */
