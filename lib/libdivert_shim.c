@@ -957,9 +957,10 @@ static ssize_t ring_recv(int fd, struct divring *rg, struct msghdr *msg,
 	copied = iov_scatter(msg, p, rec.len);
 	key = divert_wire_packet_key(p, rec.len);
 	if (!(flags & MSG_PEEK)) {
-		atomic_store_explicit(&r->taken, atomic_load_explicit(&r->taken,
-				      memory_order_relaxed) + rec.len +
-				      sizeof(rec.addr), memory_order_relaxed);
+		/* seq_cst, as head and count: divertd, waiting for room,
+		 * raises wake and then reads them (ring_wait_room()) */
+		atomic_store(&r->taken, atomic_load_explicit(&r->taken,
+			     memory_order_relaxed) + rec.len + sizeof(rec.addr));
 		atomic_store(&r->head, head + rec.size);
 		if (atomic_fetch_sub(&r->count, 1) == 1) {
 			ring_take_kick(fd);	/* empty: its wakeup goes */
