@@ -781,6 +781,12 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 		held_reinject(h, out, tag, same ? NULL : pkt, (uint32_t)len);
 		return 0;
 	}
+	/* A new packet enters the stack at once, a verdict when its batch is
+	 * sent: the verdicts given before this write go first, so that it
+	 * overtakes neither what the program wrote before it nor a tee's
+	 * original (a copy that met its original's unconfirmed conntrack
+	 * entry would cost one of them: the clash drops the later). */
+	nfqb_flush();
 	mark = mark_with_tag(cfg->ml, 0, resume);
 	if (out) {
 		err = inject_out(pkt, len, mark);

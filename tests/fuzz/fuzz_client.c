@@ -14,8 +14,10 @@
  *   - the kernel's queue (nfqb_verdict(), nfqb_flush(), nfqb_pause()):
  *     each packet the fuzzer hands to divert_sock_packet() must get
  *     exactly one verdict, a written packet may answer only a packet its
- *     connection (or the connection a write channel names) was given, and
- *     a paused queue must be resumed once its client has room or is gone;
+ *     connection (or the connection a write channel names) was given, no
+ *     new packet may be injected while verdicts given before it wait to
+ *     be sent, and a paused queue must be resumed once its client has
+ *     room or is gone;
  *   - injection's sockets (socket(), setsockopt(), sendmsg() for inject.c
  *     alone) and tc (spawn_run()): results chosen by the fuzzer;
  *   - the interface table (iftable_*()): lo, eth0, eth1, one long name;
@@ -430,6 +432,10 @@ static int fz_inj_setsockopt(int fd, int level, int opt, const void *val,
 	return 0;
 }
 
+/* Verdicts given since the last nfqb_flush(): a new packet may not be
+ * injected while any waits, or it would overtake them. */
+static unsigned verdicts_unsent;
+
 /* What inject.c sends: read whole (the kernel would), and answered as the
  * fuzzer said.  The first send of a packet gets inject_result; a fragmented
  * one (sent again on a protocol socket) frag_result. */
@@ -453,6 +459,8 @@ static ssize_t fz_inj_sendmsg(int fd, const struct msghdr *msg, int flags)
 			      (struct cmsghdr *)(uintptr_t)cm))
 		mark |= cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SO_MARK;
 	FZ_CHECK(mark, "injected without a mark");
+	FZ_CHECK(verdicts_unsent == 0, "a new packet injected before %u "
+		 "verdicts given earlier were sent", verdicts_unsent);
 	if (fd >= FZ_FAKE_FD) {
 		if (frag_result != 0) {
 			errno = frag_result;
@@ -505,6 +513,7 @@ void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,
 	FZ_CHECK(k->queue == queue, "verdict for packet %u on queue %u, "
 		 "not %u", id, queue, k->queue);
 	FZ_CHECK(++k->verdicts == 1, "second verdict for packet %u", id);
+	verdicts_unsent++;
 	FZ_CHECK(verdict == NF_DROP || verdict == NF_REPEAT, "verdict %u",
 		 verdict);
 	if (mark != NULL)
@@ -534,6 +543,7 @@ void nfqb_verdict(uint16_t queue, uint32_t id, uint32_t verdict,
 
 void nfqb_flush(void)
 {
+	verdicts_unsent = 0;
 }
 
 /* A paused queue is one the daemon stopped reading (its client is full):
@@ -1610,6 +1620,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	tc_fails = sockets_fail = apply_fails = counters_fail = false;
 	memfd_fails = mmap_fails = false;
 	ring_writer = 0;
+	verdicts_unsent = 0;
 	nredirects = 0;		/* inject.c's tc filters: none yet */
 	while (!fz_empty(&in)) {
 		uint8_t op = fz_u8(&in) % OP_N;
