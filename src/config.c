@@ -616,7 +616,8 @@ int config_parse_string(const char *text, const char *name,
 	struct parser ps = { .name = name, .err = err, .errlen = errlen };
 	struct rule *rules = NULL, r;
 	size_t n = 0, cap = 0;
-	unsigned highest = 0;
+	unsigned highest = 0, nports = 0;
+	uint8_t port_seen[65536 / 8] = { 0 };
 	const char *p = text;
 
 	if (errlen > 0)
@@ -633,6 +634,17 @@ int config_parse_string(const char *text, const char *name,
 		rc = parse_line(&ps, &r, highest);
 		if (rc < 0)
 			goto fail;
+		if (rc == 0 && (r.action == ACT_DIVERT || r.action == ACT_TEE) &&
+		    !(port_seen[r.arg / 8] & (1u << (r.arg % 8)))) {
+			port_seen[r.arg / 8] |= (uint8_t)(1u << (r.arg % 8));
+			if (++nports > RULES_MAX_DIVERT_PORTS) {
+				perr(&ps, "divert port %u is one too many: at "
+				     "most %u divert and tee ports (each is a "
+				     "queue of its own)", r.arg,
+				     RULES_MAX_DIVERT_PORTS);
+				goto fail;
+			}
+		}
 		if (rc == 0) {
 			if (n == cap) {
 				size_t ncap = cap ? 2 * cap : 16;

@@ -47,7 +47,7 @@
  * program that drops by never writing back evicts its oldest packets
  * rather than filling the kernel's queue. */
 #define QUEUE_MAXLEN 16384
-#define MAX_PORTS 1024
+#define MAX_PORTS RULES_MAX_DIVERT_PORTS
 
 static volatile sig_atomic_t stop_signal, dump_stats, reload_asked;
 static bool fatal_error;		/* the loop cannot go on: exit 1 */
@@ -289,12 +289,17 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 		 size_t errlen)
 {
 	struct ruleset *rs = running.rs;
-	uint16_t old[MAX_PORTS], new[MAX_PORTS];
+	uint16_t old[MAX_PORTS], new[MAX_PORTS + 1];
 	size_t nold, nnew, bound = 0;
 	struct rule_count *saved;
 
 	nold = rules_ports(rs, old, MAX_PORTS);
-	nnew = rules_ports(nrs, new, MAX_PORTS);
+	nnew = rules_ports(nrs, new, MAX_PORTS + 1);
+	if (nnew > MAX_PORTS) {	/* a file says so at its line (config.c) */
+		snprintf(err, errlen, "more than %u divert and tee ports (each "
+			 "is a queue of its own)", MAX_PORTS);
+		goto undo;
+	}
 	for (size_t i = 0; i < nnew; i++) {
 		if (has_port(old, nold, new[i]))
 			continue;
@@ -500,6 +505,11 @@ int main(int argc, char **argv)
 	if (socket_free(socket_path) < 0 || netns_lock() < 0)
 		goto out_rules;
 	raise_fd_limit();
+	if (fw_open() < 0) {	/* first: before the many descriptors */
+		log_err("cannot make a libnftables context: %s",
+			strerror(errno));
+		goto out_rules;
+	}
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (epfd < 0) {
 		log_err("epoll: %s", strerror(errno));
@@ -609,6 +619,7 @@ out_close:
 	inject_close();
 	iftable_close();
 out_rules:
+	fw_close();
 	counters_free();
 	ruleset_free(&rs);
 	return ret;

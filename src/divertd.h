@@ -74,6 +74,9 @@ enum rule_action {
 enum addr_kind { ADDR_ANY, ADDR_ME, ADDR_ME6, ADDR_PREFIX };
 
 #define RULE_MAX_PORTS 32
+/* Divert and tee ports in one rule list: each is an NFQUEUE queue that
+ * divertd binds, with a netlink socket of its own. */
+#define RULES_MAX_DIVERT_PORTS 1024
 #define RULE_MAX_ICMPTYPES 32
 #define RULE_MAX_IFACES 4
 
@@ -283,6 +286,10 @@ int spawn_run(char *const argv[], const char *input, char **out);
 
 enum fw_backend { FW_AUTO, FW_NFT, FW_IPT };
 const char *fw_backend_name(enum fw_backend b);
+/* libnftables' context, made before the daemon opens its many descriptors
+ * (firewall.c says why); fw_close() at exit. */
+int fw_open(void);
+void fw_close(void);
 /* FW_NFT when this kernel takes nft `queue`, else FW_IPT. */
 enum fw_backend fw_probe(void);
 /* Remove whatever an earlier divertd left, then install the rules. */

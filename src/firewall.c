@@ -36,22 +36,59 @@ const char *fw_backend_name(enum fw_backend b)
 	}
 }
 
-/* Run one nft command text; 0 or -1 with the error logged unless quiet. */
-static int nft_run(const char *text, bool dry_run, bool quiet)
+/*
+ * One libnftables context for the daemon's life, made by fw_open() before
+ * the queues and the clients take descriptors.  libnftables (1.0.6) waits
+ * on its netlink socket with select(), which aborts the process
+ * (_FORTIFY_SOURCE: "bit out of range 0 - FD_SETSIZE") when that socket's
+ * descriptor is 1024 or more, and a context opens its socket when it is
+ * made: made early, it keeps a low one however many descriptors follow.
+ */
+static struct nft_ctx *nft;
+
+int fw_open(void)
 {
-	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+	nft = nft_ctx_new(NFT_CTX_DEFAULT);
+	if (nft == NULL)
+		return -1;
+	nft_ctx_buffer_output(nft);
+	nft_ctx_buffer_error(nft);
+	return 0;
+}
+
+void fw_close(void)
+{
+	if (nft != NULL)
+		nft_ctx_free(nft);
+	nft = NULL;
+}
+
+/* Run one nft command text; 0 or -1 with the error logged unless quiet.
+ * With json, the output (JSON) is in *out until the next run. */
+static int nft_cmd(const char *text, bool dry_run, bool json, bool quiet,
+		   const char **out)
+{
+	const char *errs;
 	int ret;
 
-	if (ctx == NULL)
+	if (nft == NULL)
 		return -1;
-	nft_ctx_buffer_output(ctx);
-	nft_ctx_buffer_error(ctx);
-	nft_ctx_set_dry_run(ctx, dry_run);
-	ret = nft_run_cmd_from_buffer(ctx, text);
+	nft_ctx_set_dry_run(nft, dry_run);
+	nft_ctx_output_set_flags(nft, json ? NFT_CTX_OUTPUT_JSON : 0);
+	ret = nft_run_cmd_from_buffer(nft, text);
+	errs = nft_ctx_get_error_buffer(nft);	/* read: emptied for the next */
 	if (ret != 0 && !quiet)
-		log_err("nft: %s", nft_ctx_get_error_buffer(ctx));
-	nft_ctx_free(ctx);
+		log_err("nft: %s", errs);
+	if (out != NULL)
+		*out = nft_ctx_get_output_buffer(nft);
+	else
+		(void)nft_ctx_get_output_buffer(nft);
 	return ret == 0 ? 0 : -1;
+}
+
+static int nft_run(const char *text, bool dry_run, bool quiet)
+{
+	return nft_cmd(text, dry_run, false, quiet, NULL);
 }
 
 enum fw_backend fw_probe(void)
@@ -273,22 +310,15 @@ int fw_replace(enum fw_backend b, const struct ruleset *rs,
  * has a counter expression. */
 static int nft_counters(const struct ruleset *rs, struct rule_count *c)
 {
-	struct nft_ctx *ctx = nft_ctx_new(NFT_CTX_DEFAULT);
 	json_t *root = NULL, *items;
+	const char *out;
 	size_t i;
 	json_t *item;
 	int ret = -1;
 
-	if (ctx == NULL)
-		return -1;
-	nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON);
-	nft_ctx_buffer_output(ctx);
-	nft_ctx_buffer_error(ctx);
-	if (nft_run_cmd_from_buffer(ctx, "list table inet divertd\n") != 0) {
-		log_warn("nft: %s", nft_ctx_get_error_buffer(ctx));
+	if (nft_cmd("list table inet divertd\n", false, true, false, &out) < 0)
 		goto out;
-	}
-	root = json_loads(nft_ctx_get_output_buffer(ctx), 0, NULL);
+	root = json_loads(out, 0, NULL);
 	items = json_object_get(root, "nftables");
 	if (!json_is_array(items))
 		goto out;
@@ -313,7 +343,6 @@ static int nft_counters(const struct ruleset *rs, struct rule_count *c)
 	ret = 0;
 out:
 	json_decref(root);
-	nft_ctx_free(ctx);
 	return ret;
 }
 

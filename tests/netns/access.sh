@@ -5,7 +5,8 @@
 # itself (SO_PEERCRED); changing the rules takes root; connection ids are
 # secrets, so no client can bind or write in another's name; divertd keeps
 # only CAP_NET_ADMIN and CAP_NET_RAW, and with -u runs as that user and
-# still changes rules and diverts; -c bounds the clients with ENOBUFS.
+# still changes rules and diverts; -c bounds the clients with ENOBUFS;
+# 1024 divert ports and 1100 clients (descriptors past 1024) work.
 . "$(dirname "$0")/lib.sh"
 need_root
 DCTL=$BUILD/divertctl
@@ -128,4 +129,44 @@ for _ in $(seq 100); do [ "$("$DCTL" -s "$SOCK" stats | awk '$1 == "clients" { p
 out=$(ip netns exec "$H" env LD_PRELOAD="$PRELOAD" DIVERT_SOCKET="$SOCK" "$PROGS/div_cycle" 1 7000 2>&1)
 check "... once they are gone, sockets work again ($out)" test "$out" = "cycles 1 failed 0"
 stop_divertd
+
+# --- many descriptors: 1024 divert ports (a queue socket each) and 1100
+# clients put divertd's descriptors past 1024, where select() cannot go:
+# libnftables waits on its socket with select(), so its context is made
+# before them (firewall.c), or removing the rules at exit aborts divertd
+for i in $(seq 1024); do
+	echo "$i divert $((20000 + i)) udp from 192.0.2.2 to 192.0.2.1 9"
+done >"$TMP/d.conf"
+if start -c 2000; then
+	out=$("$DCTL" -s "$SOCK" add 2000 divert 7 udp from any to any 2>&1); rc=$?
+	check "1024 divert ports: a 1025th is refused, nothing changed (rc $rc: $out)" \
+		bash -c "[ $rc -ne 0 ] && grep -q 'more than 1024 divert and tee ports' <<<'$out' &&
+			[ \$('$DCTL' -s '$SOCK' list | wc -l) -eq 1024 ]"
+	$PY - "$SOCK" 1100 <<'PY' >"$TMP/many.out" 2>&1 &
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+conns = []
+for i in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(sys.argv[1])
+    s.recv(100)                 # its welcome
+    conns.append(s)
+print("connected", len(conns), flush=True)
+time.sleep(30)
+PY
+	MPID=$!; PIDS+=($MPID)
+	for _ in $(seq 200); do grep -q '^connected' "$TMP/many.out" && break; sleep 0.05; done
+	check "1100 clients connected ($(cat "$TMP/many.out"))" grep -q '^connected 1100' "$TMP/many.out"
+	out=$("$DCTL" -s "$SOCK" delete 1024 2>&1); rc=$?
+	check "... a rule change goes through with them (rc $rc $out, $("$DCTL" -s "$SOCK" list | wc -l) rules)" \
+		bash -c "[ $rc -eq 0 ] && [ \$('$DCTL' -s '$SOCK' list | wc -l) -eq 1023 ]"
+	check "... divertd's highest descriptor is past 1024 ($(ls "/proc/$DIVERTD_PID/fd" | sort -n | tail -1))" \
+		test "$(ls "/proc/$DIVERTD_PID/fd" | sort -n | tail -1)" -gt 1024
+	kill -TERM "$DIVERTD_PID"; wait "$DIVERTD_PID"; rc=$?
+	check "... and divertd exits 0 on SIGTERM (rc $rc$(grep -m1 -o 'bit out of range.*' "$TMP/divertd.log"))" test $rc -eq 0
+	check "... having removed its rules" \
+		bash -c "! ip netns exec '$H' iptables-save -t mangle | grep -q divertd"
+	kill "$MPID" 2>/dev/null; wait "$MPID" 2>/dev/null
+else bad "divertd starts with 1024 divert ports"; fi
 summary

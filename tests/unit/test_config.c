@@ -660,6 +660,35 @@ static void test_bad_limits(void **state)
 		  "rule a number");
 }
 
+/* Each divert or tee port is a queue: the one past the limit is refused
+ * at its line; ports used again, and other rules, do not count. */
+static void test_too_many_divert_ports(void **state)
+{
+	static char text[RULES_MAX_DIVERT_PORTS * 64];
+	struct ruleset rs;
+	char want[256];
+	size_t len = 0;
+
+	(void)state;
+	for (unsigned i = 0; i < RULES_MAX_DIVERT_PORTS; i++)
+		len += (size_t)snprintf(text + len, sizeof(text) - len,
+					"%u %s %u ip from any to any\n", i + 1,
+					i % 2 ? "tee" : "divert", 1000 + i);
+	len += (size_t)snprintf(text + len, sizeof(text) - len,
+				"divert 1000 ip from any to any\n"
+				"count ip from any to any\n");
+	rs = parse_ok(text);
+	assert_int_equal(rs.n, RULES_MAX_DIVERT_PORTS + 2);
+	ruleset_free(&rs);
+
+	snprintf(text + len, sizeof(text) - len,
+		 "tee 7 ip from any to any\n");
+	snprintf(want, sizeof(want), "t:%u: divert port 7 is one too many: at "
+		 "most %u divert and tee ports (each is a queue of its own)",
+		 RULES_MAX_DIVERT_PORTS + 3, RULES_MAX_DIVERT_PORTS);
+	parse_bad(text, want);
+}
+
 /* ---- files ------------------------------------------------------------------ */
 
 static void test_file(void **state)
@@ -715,6 +744,7 @@ int main(void)
 		cmocka_unit_test(test_small_err_buffer),
 		cmocka_unit_test(test_bad_lines),
 		cmocka_unit_test(test_bad_limits),
+		cmocka_unit_test(test_too_many_divert_ports),
 		cmocka_unit_test(test_file),
 	};
 
