@@ -32,7 +32,7 @@
  *   - the rings' memory (memfd_create(), mmap(), munmap() for
  *     divert_sock.c alone): real memfds, each mapped between two
  *     unreadable pages, so that a read past a ring faults; failures as the
- *     fuzzer says.  The daemon's hash of a write-back (XXH3_64bits())
+ *     fuzzer says.  The daemon's hash of a write-back (packet_hash())
  *     tells whose tx ring it read: it must lie inside that tx ring, and
  *     it may answer only that connection's packets.
  * Each message the daemon reads is in its own receive slot with the rest
@@ -111,7 +111,7 @@ static XXH64_hash_t fz_xxh3(const void *p, size_t len);
 #define memfd_create(a, b) fz_memfd_create(a, b)
 #define mmap(a, b, c, d, e, f) fz_mmap(a, b, c, d, e, f)
 #define munmap(a, b) fz_munmap(a, b)
-#define XXH3_64bits(a, b) fz_xxh3(a, b)
+#define packet_hash(a, b) fz_xxh3(a, b)
 #include "../../src/divert_sock.c"
 #undef recvmmsg
 #undef clock_gettime
@@ -120,7 +120,7 @@ static XXH64_hash_t fz_xxh3(const void *p, size_t len);
 #undef memfd_create
 #undef mmap
 #undef munmap
-#undef XXH3_64bits
+#undef packet_hash
 
 /* ---- and those inject.c sees ------------------------------------------- */
 
