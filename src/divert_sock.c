@@ -273,14 +273,42 @@ static void held_reinject(struct held *h, bool out, uint16_t tag,
 	held_release(h);
 }
 
+/*
+ * A ring client that holds packets while others wait unread in its rx ring
+ * may write back without waking us: its shim puts the wakeup off until the
+ * reader has read what waits (SHIM.md), so that one wakeup answers a
+ * batch.  A program that writes back and then pauses instead of reading
+ * on (a shaper pacing its output) would hold its write-backs until the
+ * ring empties; so while any client is in that state, the loop looks at
+ * the tx rings again after RING_LOOK_MS even with nothing else to do.
+ */
+#define RING_LOOK_MS 1
+
+static bool ring_unread_held(void)
+{
+	for (unsigned i = 0; i < nclients; i++) {
+		const struct client *c = clients[i];
+
+		if (c->ring != NULL && c->nheld > 0 &&
+		    atomic_load_explicit(&c->ring->rx.count,
+					 memory_order_relaxed) > 0)
+			return true;
+	}
+	return false;
+}
+
 int divert_sock_timeout(void)
 {
 	uint64_t now;
+	int t = -1;
 
-	if (gfirst == NULL)
-		return -1;
-	now = now_ms();
-	return gfirst->deadline <= now ? 0 : (int)(gfirst->deadline - now);
+	if (gfirst != NULL) {
+		now = now_ms();
+		t = gfirst->deadline <= now ? 0 : (int)(gfirst->deadline - now);
+	}
+	if ((t < 0 || t > RING_LOOK_MS) && ring_unread_held())
+		t = RING_LOOK_MS;
+	return t;
 }
 
 void divert_sock_expire(void)

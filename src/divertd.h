@@ -402,7 +402,8 @@ void divert_sock_flush(void);
 void divert_sock_idle(void);
 /* The loop woke up: ring clients' writes need not wake it. */
 void divert_sock_awake(void);
-/* Milliseconds until the next held packet expires, -1 for none. */
+/* How long the loop may sleep: until the next held packet expires, at most
+ * 1 ms while a ring client may have written back unwoken; -1: no limit. */
 int divert_sock_timeout(void);
 /* Drop held packets whose time is up. */
 void divert_sock_expire(void);

@@ -414,6 +414,32 @@ for run in "ring poll" "ring select" "ring epoll" "ring epollet" "ring spin" \
 	kill -0 "$DIVERTD_PID" 2>/dev/null || { bad "divertd died"; summary; exit 1; }
 done
 
+# --- a shaper: each write-back, then a pause before the next read --------
+# With packets still unread in its ring, the shim puts off waking divertd
+# for a write-back (one wakeup answers a batch); divertd must look at the
+# ring by itself, or the paced packets leave only when the ring empties.
+# A burst of 3, all waiting for the program (stopped meanwhile), each
+# passed 1.5 s after the one before: the first must reach the receiver
+# while the program still pauses after writing it back.
+for path in ring socket; do
+	envs=(); [ "$path" = socket ] && envs=(DIVERT_RING=0)
+	if pollpass "${envs[@]}" -- -p 1500 -w 10000 -n 3 8668; then
+		r0=$(received | cut -d' ' -f1)
+		wait_state "$PP_PID" T -STOP
+		burst 3 -1 >/dev/null
+		for _ in $(seq 100); do [ "$(stat held)" = 3 ] && break; sleep 0.02; done
+		wait_state "$PP_PID" S -CONT
+		for _ in $(seq 200); do [ "$(received | cut -d' ' -f1)" -gt "$r0" ] && break; sleep 0.01; done
+		wrote=$(grep -c '^wrote' "$TMP/pp.out")
+		check "shaper/$path: the first paced packet arrives while the program pauses, two unread (received +$(( $(received | cut -d' ' -f1) - r0 )), the program had written $wrote)" \
+			test "$(( $(received | cut -d' ' -f1) - r0 ))/$wrote" = "1/1"
+		reap "$PP_BG" "$PP_PID" 10; rc=$?
+		check "shaper/$path: ... and all 3, paced, by the end ($(tail -1 "$TMP/pp.out"), status $rc, received +$(( $(wait_received $(( r0 + 3 ))) - r0 )))" \
+			test "$rc/$(( $(received | cut -d' ' -f1) - r0 ))" = "0/3"
+		for _ in $(seq 100); do port_free 8668 && break; sleep 0.05; done
+	else bad "shaper/$path: div_pollpass started"; kill "$PP_BG" 2>/dev/null; fi
+done
+
 # --- hostile ring clients -----------------------------------------------
 # The layout of the ring and the wire header, from the header itself.
 cat >"$TMP/layout.c" <<'EOF'

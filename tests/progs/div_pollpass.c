@@ -1,7 +1,7 @@
 /*
  * div_pollpass: pass diverted packets through, waiting for each one first.
  *
- *	div_pollpass [-n COUNT] [-w WAIT_MS]
+ *	div_pollpass [-n COUNT] [-w WAIT_MS] [-p PACE_MS]
  *	    [-m poll|select|epoll|epollet|spin] [-b RCVBUF] [-r READYFILE] PORT
  *
  * The way many event-driven divert programs read: the socket stays
@@ -18,8 +18,11 @@
  * EAGAIN) means the program stalled while it waited for a packet: it
  * prints what it passed and exits 3.  It exits 0 after COUNT packets (-n;
  * 0, the default, is no limit) or on SIGTERM; 1 when the socket failed or
- * a write did.  READYFILE is created once the socket is bound (renamed
- * into place, holding the pid).  -b sets SO_RCVBUF first.  Every packet
+ * a write did.  -p paces the output, as a shaper does: after each
+ * write-back the program prints "wrote N" and sleeps PACE_MS before it
+ * reads again, packets waiting or not.  READYFILE is created once the
+ * socket is bound (renamed into place, holding the pid).  -b sets
+ * SO_RCVBUF first.  Every packet
  * read is checked: an IPv4 or IPv6 header whose length field matches what
  * was read (else it counts as malformed).  The last line is
  *	passed N bytes B malformed M write_errors E end done|stopped|timeout|error
@@ -47,7 +50,7 @@ enum mode { M_POLL, M_SELECT, M_EPOLL, M_EPOLLET, M_SPIN };
 
 static volatile sig_atomic_t done;
 static char buf[65536];
-static long npkts, nbytes, nbad, nfail;
+static long npkts, nbytes, nbad, nfail, pace_ms;
 
 static void
 on_term(int sig)
@@ -73,8 +76,8 @@ static void
 usage(void)
 {
 	fprintf(stderr, "usage: div_pollpass [-n COUNT] [-w WAIT_MS] "
-	    "[-m poll|select|epoll|epollet|spin] [-b RCVBUF] [-r READYFILE] "
-	    "PORT\n");
+	    "[-p PACE_MS] [-m poll|select|epoll|epollet|spin] [-b RCVBUF] "
+	    "[-r READYFILE] PORT\n");
 	exit(2);
 }
 
@@ -141,6 +144,11 @@ pass_one(int fd, int wait_ms)
 	for (tries = 0; tries < 100; tries++) {
 		w = sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&sin,
 		    sinlen);
+		if (w == n && pace_ms > 0) {
+			printf("wrote %ld\n", npkts);
+			nanosleep(&(struct timespec){ pace_ms / 1000,
+			    (pace_ms % 1000) * 1000000 }, NULL);
+		}
 		if (w == n)
 			return (1);
 		if (w == -1 && (errno == EAGAIN || errno == EWOULDBLOCK ||
@@ -170,13 +178,16 @@ main(int argc, char *argv[])
 	long port, count = 0, wait_ms = 5000, rcvbuf = 0;
 	int fd, ep = -1, r, c;
 
-	while ((c = getopt(argc, argv, "n:w:m:b:r:")) != -1) {
+	while ((c = getopt(argc, argv, "n:w:p:m:b:r:")) != -1) {
 		switch (c) {
 		case 'n':
 			count = number(optarg, "count", 1000000000L);
 			break;
 		case 'w':
 			wait_ms = number(optarg, "wait", 3600000L);
+			break;
+		case 'p':
+			pace_ms = number(optarg, "pace", 60000L);
 			break;
 		case 'm':
 			if (strcmp(optarg, "poll") == 0)
