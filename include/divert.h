@@ -27,6 +27,13 @@
 #define IPPROTO_DIVERT 258
 #endif
 
+/*
+ * The IPPROTO_DIVERT that divert programs built on Linux define for
+ * themselves (glibc has none), Debian's libdaq2 daq_ipfw.so among them:
+ * the shim takes socket(PF_INET, SOCK_RAW, 254) as a divert socket too.
+ */
+#define DIVERT_IPPROTO_LINUX 254
+
 /* Default send and receive buffer of a divert socket (65536 + 100). */
 #define DIVERT_SOCKBUF_DEFAULT 65636
 

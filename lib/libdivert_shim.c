@@ -1050,12 +1050,17 @@ static int ring_fionread(struct divring *rg, int *np)
 
 /* ---- socket ------------------------------------------------------------ */
 
+/*
+ * PF_DIVERT, or the old form with IPPROTO_DIVERT: FreeBSD's 258, or the
+ * 254 that divert programs built for Linux define for themselves (glibc
+ * has no IPPROTO_DIVERT; Debian's libdaq2 daq_ipfw.so is built so).
+ */
 static bool is_divert(int domain, int type, int protocol)
 {
 	return domain == PF_DIVERT ||
 	       (domain == AF_INET &&
 		(type & SHIM_SOCK_TYPE_MASK) == SOCK_RAW &&
-		protocol == IPPROTO_DIVERT);
+		(protocol == IPPROTO_DIVERT || protocol == DIVERT_IPPROTO_LINUX));
 }
 
 /* errno for socket() when the daemon cannot be reached */
