@@ -69,6 +69,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -76,6 +79,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <netinet/in.h>
+#include <linux/sockios.h>
 
 #include "divert.h"
 #include "divert_wire.h"
@@ -91,6 +95,8 @@
 
 #define SHIM_SOCK_TYPE_MASK 0xf		/* the kernel's SOCK_TYPE_MASK */
 #define SHIM_TIMEOUT_MS 5000		/* connect, welcome, bind reply */
+#define SHIM_RETRY_MS 50		/* divertd gone: tries to reach it */
+#define SHIM_AWAY_WAIT_MS 1000		/* divertd gone: a new packet waits */
 #define SHIM_IOV_MAX 64			/* caller iovecs per packet */
 #define SHIM_READS 1024			/* reads remembered per socket */
 
@@ -256,15 +262,34 @@ static void ring_put(struct divring *rg)
 	}
 }
 
-/* What a divert socket is, shared by its dup'ed fds. */
+/*
+ * What a divert socket is, shared by its dup'ed fds.  The application's
+ * fd is one end of a socketpair; divertd holds the other (DW_ATTACH), and
+ * so do we (pair), so the fd never ends while the program has it: when
+ * divertd goes away, its connection (conn) ends, the watcher thread sees
+ * it and attaches the pair, and the ring, to the next divertd.
+ */
 struct divsock {
-	unsigned refs;			/* registry slots pointing here */
+	unsigned refs;			/* registry slots pointing here, and
+					 * the watcher's while it watches */
+	unsigned slots;			/* registry slots alone */
+	struct divsock *next;		/* every live one (socks) */
 	struct divring *ring;		/* NULL: packets come on the socket */
+	int pair;			/* the pair's other end (ours) */
+	int conn;			/* the connection to divertd, or -1 */
+	int ringfd;			/* the ring's memfd, or -1 */
+	bool shut;			/* the program closed it */
+	bool watched;			/* in the watcher's epoll (a ref) */
+	bool seen;			/* ever: events may name it */
+	bool passive;			/* another process attached it again */
+	unsigned round;			/* the watcher's last try */
+	uint32_t refused;		/* writes refused while away */
 	struct divsock_opts {
 		uint64_t conn;		/* the daemon's connection id */
 		int rcvbuf, sndbuf;	/* SO_RCVBUF, SO_SNDBUF */
 		uint16_t port;		/* bound divert port */
 		bool bound;
+		bool away;		/* divertd is gone: attaching again */
 	} o;
 	struct sockaddr_un path;	/* the daemon, for bind's control */
 	socklen_t pathlen;		/* connection */
@@ -280,9 +305,16 @@ struct divsock {
 };
 
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reg_back = PTHREAD_COND_INITIALIZER; /* away ended */
 static struct divsock **reg_slot;	/* indexed by fd */
 static size_t reg_nslot;
 static atomic_uint reg_count;		/* divert fds open */
+static struct divsock *socks;		/* every live divsock */
+static struct divsock *graves;		/* shut, for the watcher to free */
+
+static void watch_forget_locked(struct divsock *ds);
+static void watch_start(void);
+static atomic_bool watch_on;		/* the watcher runs in this process */
 
 /*
  * The lock, with the thread marked busy while it is held: should free() or
@@ -304,12 +336,51 @@ static void reg_leave(int busy)
 	shim_busy = busy;
 }
 
+static void ds_free(struct divsock *ds)
+{
+	ring_put(ds->ring);
+	free(ds);
+}
+
+/* Drop a reference; the last frees ds, or leaves that to the watcher if
+ * an event of its may still name ds. */
+static void ds_put_locked(struct divsock *ds)
+{
+	if (--ds->refs > 0)
+		return;
+	if (ds->seen) {
+		ds->next = graves;
+		graves = ds;
+	} else {
+		ds_free(ds);
+	}
+}
+
+/* A registry slot lets go of ds; the last one shuts it: its hidden
+ * descriptors close (divertd sees the connection end and frees the port),
+ * and it is freed once the watcher, if it watches, lets go too. */
 static void reg_unref_locked(struct divsock *ds)
 {
-	if (--ds->refs == 0) {
-		ring_put(ds->ring);
-		free(ds);
+	if (ds->slots > 0 && --ds->slots == 0) {
+		struct divsock **pp;
+
+		ds->shut = true;
+		for (pp = &socks; *pp != NULL; pp = &(*pp)->next)
+			if (*pp == ds) {
+				*pp = ds->next;
+				break;
+			}
+		watch_forget_locked(ds);
+		if (ds->conn >= 0)
+			REAL(close)(ds->conn);
+		if (ds->pair >= 0)
+			REAL(close)(ds->pair);
+		if (ds->ringfd >= 0)
+			REAL(close)(ds->ringfd);
+		ds->conn = ds->pair = ds->ringfd = -1;
+		pthread_cond_broadcast(&reg_back);
 	}
+	ds_put_locked(ds);
 }
 
 static void reg_unref(struct divsock *ds)
@@ -348,6 +419,10 @@ static bool reg_lookup(int fd, struct divsock_opts *o)
 	if (ds != NULL && o != NULL)
 		*o = ds->o;
 	reg_leave(busy);
+	/* a child after fork starts its own watcher at its first call */
+	if (ds != NULL &&
+	    !atomic_load_explicit(&watch_on, memory_order_relaxed))
+		watch_start();
 	return ds != NULL;
 }
 
@@ -380,8 +455,10 @@ static struct divsock *reg_ref(int fd)
 		return NULL;
 	busy = reg_enter();
 	ds = reg_get_locked(fd);
-	if (ds != NULL)
+	if (ds != NULL) {
 		ds->refs++;
+		ds->slots++;
+	}
 	reg_leave(busy);
 	return ds;
 }
@@ -522,6 +599,14 @@ static void reg_atfork_prepare(void)
 
 static void reg_atfork_release(void)
 {
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static void watch_atfork_child_locked(void);
+
+static void reg_atfork_child(void)
+{
+	watch_atfork_child_locked();
 	pthread_mutex_unlock(&reg_lock);
 }
 
@@ -773,7 +858,7 @@ static int ring_reply(int fd, struct divert_wire_hdr *rep, int *mfd)
  * ring, or NULL when divertd said no (its packets come on the socket as
  * before); -errno when the socket is unusable.
  */
-static int ring_attach(int fd, struct divring **out)
+static int ring_attach(int fd, struct divring **out, int *ringfd)
 {
 	struct divert_wire_hdr req = {
 		.type = DW_RING, .version = DIVERT_WIRE_VERSION,
@@ -786,6 +871,7 @@ static int ring_attach(int fd, struct divring **out)
 	int mfd, err;
 
 	*out = NULL;
+	*ringfd = -1;
 	if (v != NULL && strcmp(v, "0") == 0)
 		return 0;
 	if (REAL(send)(fd, &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req))
@@ -805,14 +891,16 @@ static int ring_attach(int fd, struct divring **out)
 	map = MAP_FAILED;
 	if (fstat(mfd, &st) == 0 && (size_t)st.st_size == len)
 		map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
-	REAL(close)(mfd);
-	if (map == MAP_FAILED)
+	if (map == MAP_FAILED) {
+		REAL(close)(mfd);
 		return -ENOBUFS;
+	}
 	shim_busy = 1;
 	rg = calloc(1, sizeof(*rg));
 	shim_busy = 0;
 	if (rg == NULL) {
 		munmap(map, len);
+		REAL(close)(mfd);
 		return -ENOBUFS;
 	}
 	atomic_init(&rg->refs, 1);
@@ -825,9 +913,11 @@ static int ring_attach(int fd, struct divring **out)
 	if (rg->map->magic != DW_RING_MAGIC || rg->map->rx_size != DW_RING_RX ||
 	    rg->map->tx_size != DW_RING_TX || ring_locks_init(rg) != 0) {
 		ring_put(rg);
+		REAL(close)(mfd);
 		return -EPROTO;
 	}
 	*out = rg;
+	*ringfd = mfd;		/* for the next divertd, should this one go */
 	dbg("fd %d: ring of %u + %u bytes", fd, DW_RING_RX, DW_RING_TX);
 	return 0;
 }
@@ -1048,6 +1138,431 @@ static int ring_fionread(struct divring *rg, int *np)
 	return 0;
 }
 
+/* DW_ATTACH on conn: the pair's end and (ringfd >= 0) the ring's memfd;
+ * 0 or -errno (the daemon's answer, or the connection's). */
+static int daemon_attach(int conn, int pair, int ringfd, uint32_t arg,
+			 uint32_t refused)
+{
+	struct divert_wire_hdr req = {
+		.type = DW_ATTACH, .version = DIVERT_WIRE_VERSION,
+		.arg = arg, .val = refused,
+	}, rep;
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(2 * sizeof(int))];
+	} ctl;
+	int fds[2] = { pair, ringfd }, n = ringfd >= 0 ? 2 : 1, err;
+	struct iovec iov = { .iov_base = &req, .iov_len = sizeof(req) };
+	struct msghdr m = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.buf,
+		.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int)),
+	};
+	struct cmsghdr *cm;
+
+	memset(&ctl, 0, sizeof(ctl));
+	cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+	memcpy(CMSG_DATA(cm), fds, (size_t)n * sizeof(int));
+	if (REAL(sendmsg)(conn, &m, MSG_NOSIGNAL) != (ssize_t)sizeof(req))
+		return -errno;
+	err = daemon_read(conn, DW_REPLY, &rep);
+	if (err < 0)
+		return err;
+	return rep.arg == 0 ? 0 : -(int)(rep.arg < 4096 ? rep.arg : EPROTO);
+}
+
+static int daemon_bind(const struct sockaddr_un *sun, socklen_t sunlen,
+		       uint64_t conn, uint16_t port);
+
+/* ---- the watcher: divertd restarting ------------------------------------
+ *
+ * One thread per process, started with its first divert socket (again in
+ * a child after fork, at its first call on one), watches every socket's
+ * connection to divertd.  When one ends (divertd exited, was killed or
+ * restarts), the socket is "away": its fd goes quiet (the pair lives on),
+ * reads wait as for any packet, a write-back goes into the ring or the
+ * pair for the next divertd (ENOBUFS when they are full), a new packet
+ * waits for the next divertd at most SHIM_AWAY_WAIT_MS (then ENOBUFS).
+ * Every SHIM_RETRY_MS the watcher tries to reach divertd's socket; once
+ * one answers, it attaches the pair and the ring (which both keep what
+ * they hold), sets the socket's buffer sizes and binds its port again.
+ * Nothing here runs while divertd is up: the per-packet path only reads
+ * the away flag its registry lookup copies anyway.
+ */
+static int watch_ep = -1;		/* epoll of the connections */
+static int watch_ev = -1;		/* eventfd: look at the sockets */
+static pthread_mutex_t watch_start_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Watch ds's connection; the lock is held. */
+static void watch_add_locked(struct divsock *ds)
+{
+	struct epoll_event ev = { .events = EPOLLRDHUP, .data.ptr = ds };
+
+	if (watch_ep < 0 || ds->watched || ds->conn < 0)
+		return;
+	if (epoll_ctl(watch_ep, EPOLL_CTL_ADD, ds->conn, &ev) < 0) {
+		dbg("cannot watch connection %d: %s", ds->conn, strerror(errno));
+		return;
+	}
+	ds->watched = ds->seen = true;
+	ds->refs++;
+}
+
+static void watch_forget_locked(struct divsock *ds)
+{
+	if (!ds->watched)
+		return;
+	(void)epoll_ctl(watch_ep, EPOLL_CTL_DEL, ds->conn, NULL);
+	ds->watched = false;
+	ds_put_locked(ds);	/* never the last: the caller holds one */
+}
+
+/*
+ * Before the next divertd takes the ring: the reader's wakeup (a DW_KICK
+ * waiting on the program's fd while the rx ring holds a record, see
+ * divert_wire.h) must be right, whatever the last one died in the middle
+ * of.  What divertd sent that the program has not read is what the pair's
+ * end has outstanding (SIOCOUTQ); with a ring, only kicks.
+ */
+static void ring_fix_kicks(struct divring *rg, int pair)
+{
+	static const struct divert_wire_hdr kick = {
+		.type = DW_KICK, .version = DIVERT_WIRE_VERSION,
+	};
+	struct dw_ring *r = &rg->map->rx;
+	pthread_mutex_t *lock = &ring_locks(rg)->rx;
+	uint64_t head, tail;
+	struct dw_rec rec;
+	int64_t n = 0;
+	int bad, outq = 0;
+
+	ring_lock(lock);
+	head = atomic_load(&r->head);
+	tail = atomic_load(&r->tail);
+	while (n < INT32_MAX &&
+	       dw_ring_next(rg->rx, rg->rx_size, &head, tail, &rec, &bad) != NULL) {
+		head += rec.size;
+		n++;
+	}
+	atomic_store(&r->count, n);
+	if (REAL(ioctl)(pair, SIOCOUTQ, &outq) == 0 && n > 0 && outq == 0)
+		(void)REAL(send)(pair, &kick, sizeof(kick),
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+	pthread_mutex_unlock(lock);
+	if (n > 0)
+		dbg("%lld packets wait in the ring for the program", (long long)n);
+}
+
+/* What attaching again needs, copied out of the registry. */
+struct reattach {
+	struct sockaddr_un path;
+	socklen_t pathlen;
+	int pair, ringfd;		/* our own duplicates */
+	struct divring *ring;		/* a reference */
+	struct divsock_opts o;
+	uint32_t refused;
+};
+
+/* Attach again; the new connection, its id in *conn, or -errno. */
+static int reattach(const struct reattach *ra, uint64_t *conn)
+{
+	struct divert_wire_hdr hdr;
+	int fd, err;
+
+	fd = daemon_connect(&ra->path, ra->pathlen, SOCK_CLOEXEC);
+	if (fd < 0)
+		return fd;
+	err = daemon_read(fd, DW_WELCOME, &hdr);
+	if (err == 0 && hdr.arg != 0)
+		err = -(int)hdr.arg;
+	if (err < 0)
+		goto fail;
+	*conn = hdr.conn;
+	for (int name = SO_RCVBUF, i = 0; i < 2; name = SO_SNDBUF, i++) {
+		struct divert_wire_hdr opt = {
+			.type = DW_SETOPT, .version = DIVERT_WIRE_VERSION,
+			.arg = (uint32_t)name,
+			.val = (uint32_t)(i == 0 ? ra->o.rcvbuf : ra->o.sndbuf),
+		};
+
+		if (opt.val != DIVERT_SOCKBUF_DEFAULT)
+			(void)REAL(send)(fd, &opt, sizeof(opt), MSG_NOSIGNAL);
+	}
+	if (ra->ring != NULL)
+		ring_fix_kicks(ra->ring, ra->pair);
+	err = daemon_attach(fd, ra->pair, ra->ring != NULL ? ra->ringfd : -1,
+			    DW_ATTACH_AGAIN | (ra->ring != NULL ? DW_ATTACH_RING : 0),
+			    ra->refused);
+	if (err < 0)
+		goto fail;
+	if (ra->o.bound) {
+		/* the port may still be the dead one's for an instant */
+		for (int i = 0; i < SHIM_TIMEOUT_MS / SHIM_RETRY_MS; i++) {
+			err = daemon_bind(&ra->path, ra->pathlen, *conn, ra->o.port);
+			if (err != EADDRINUSE)
+				break;
+			poll(NULL, 0, SHIM_RETRY_MS);
+		}
+		if (err != 0)
+			dbg("port %u not bound again: %s", ra->o.port,
+			    strerror(err));
+	}
+	return fd;
+fail:
+	REAL(close)(fd);
+	return err;
+}
+
+/* The connection of ds ended: it is away until attached again. */
+static void went_away_locked(struct divsock *ds)
+{
+	int conn = ds->conn;
+
+	watch_forget_locked(ds);
+	REAL(close)(conn);
+	ds->conn = -1;
+	ds->o.away = true;
+	dbg("divertd went away: divert socket of port %u waits for it",
+	    ds->o.port);
+}
+
+/* Try to attach every socket that is away; true when some still are. */
+static bool reattach_all(void)
+{
+	static unsigned round;
+	struct divsock *ds;
+	struct reattach ra;
+	uint64_t conn = 0;
+	bool left = false;
+	int fd;
+
+	round++;
+	pthread_mutex_lock(&reg_lock);
+	for (;;) {
+		for (ds = socks; ds != NULL; ds = ds->next)
+			if (ds->o.away && !ds->passive && ds->round != round)
+				break;
+		if (ds == NULL)
+			break;
+		ds->round = round;
+		ds->refs++;
+		ra.path = ds->path;
+		ra.pathlen = ds->pathlen;
+		ra.pair = REAL(fcntl)(ds->pair, F_DUPFD_CLOEXEC, 0);
+		ra.ringfd = ds->ringfd >= 0
+			    ? REAL(fcntl)(ds->ringfd, F_DUPFD_CLOEXEC, 0) : -1;
+		ra.ring = ds->ringfd >= 0 ? ds->ring : NULL;
+		if (ra.ring != NULL)
+			atomic_fetch_add(&ra.ring->refs, 1);
+		ra.o = ds->o;
+		ra.refused = ds->refused;
+		pthread_mutex_unlock(&reg_lock);
+
+		fd = ra.pair < 0 || (ra.ring != NULL && ra.ringfd < 0)
+		     ? -EMFILE : reattach(&ra, &conn);
+
+		pthread_mutex_lock(&reg_lock);
+		if (ra.pair >= 0)
+			REAL(close)(ra.pair);
+		if (ra.ringfd >= 0)
+			REAL(close)(ra.ringfd);
+		ring_put(ra.ring);
+		if (fd >= 0 && ds->shut) {
+			REAL(close)(fd);
+		} else if (fd >= 0) {
+			ds->conn = fd;
+			ds->o.conn = conn;
+			ds->o.away = false;
+			ds->refused -= ra.refused;
+			watch_add_locked(ds);
+			dbg("attached again to divertd: connection %llu",
+			    (unsigned long long)conn);
+		} else if (fd == -EBUSY && !ds->shut) {
+			/* a process sharing it (fork) was first */
+			ds->passive = true;
+			ds->o.away = false;
+			dbg("divert socket attached again by another process");
+		} else if (!ds->shut) {
+			left = true;
+		}
+		pthread_cond_broadcast(&reg_back);
+		ds_put_locked(ds);
+		if (fd == -ENOENT || fd == -ECONNREFUSED || fd == -EAGAIN) {
+			left = true;	/* no divertd yet: the others wait too */
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg_lock);
+	return left;
+}
+
+static void *watch_main(void *arg)
+{
+	struct epoll_event ev[16];
+	bool away = false;
+	uint64_t v;
+	int n;
+
+	(void)arg;
+	shim_busy = 1;		/* this thread's calls are all our own */
+	for (;;) {
+		pthread_mutex_lock(&reg_lock);
+		while (graves != NULL) {
+			struct divsock *ds = graves;
+
+			graves = ds->next;
+			ds_free(ds);
+		}
+		pthread_mutex_unlock(&reg_lock);
+		n = epoll_wait(watch_ep, ev, 16, away ? SHIM_RETRY_MS : -1);
+		pthread_mutex_lock(&reg_lock);
+		for (int i = 0; i < n; i++) {
+			struct divsock *ds = ev[i].data.ptr;
+
+			if (ds == NULL)
+				(void)!REAL(read)(watch_ev, &v, sizeof(v));
+			else if (ds->watched && !ds->shut)
+				went_away_locked(ds);
+		}
+		pthread_mutex_unlock(&reg_lock);
+		away = reattach_all();
+	}
+	return NULL;
+}
+
+/* A new socket joins the list, and is watched if the watcher runs. */
+static void socks_add(struct divsock *ds)
+{
+	int busy = reg_enter();
+
+	ds->next = socks;
+	socks = ds;
+	watch_add_locked(ds);
+	reg_leave(busy);
+}
+
+/* Start the watcher in this process if it does not run yet. */
+static void watch_start(void)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+	sigset_t all, old;
+	pthread_attr_t attr;
+	pthread_t t;
+	struct divsock *ds;
+	int busy = shim_busy, err;
+
+	if (atomic_load_explicit(&watch_on, memory_order_acquire))
+		return;
+	shim_busy = 1;
+	pthread_mutex_lock(&watch_start_lock);
+	if (atomic_load(&watch_on))
+		goto out;
+	if (watch_ep < 0)
+		watch_ep = epoll_create1(EPOLL_CLOEXEC);
+	if (watch_ev < 0)
+		watch_ev = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (watch_ep < 0 || watch_ev < 0 ||
+	    epoll_ctl(watch_ep, EPOLL_CTL_ADD, watch_ev, &ev) < 0) {
+		dbg("no watcher: %s", strerror(errno));
+		goto out;
+	}
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);	/* the program's signals
+							 * stay the program's */
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, 128 * 1024);
+	err = pthread_create(&t, &attr, watch_main, NULL);
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err != 0) {
+		dbg("no watcher: %s", strerror(err));
+		goto out;
+	}
+	pthread_mutex_lock(&reg_lock);
+	for (ds = socks; ds != NULL; ds = ds->next)
+		watch_add_locked(ds);
+	pthread_mutex_unlock(&reg_lock);
+	atomic_store(&watch_on, true);
+out:
+	pthread_mutex_unlock(&watch_start_lock);
+	shim_busy = busy;
+}
+
+/* fork: the child's watcher is its own, started when it needs one; the
+ * parent's epoll and eventfd are not the child's.  The lock is held. */
+static void watch_atfork_child_locked(void)
+{
+	struct divsock *ds;
+
+	for (ds = socks; ds != NULL; ds = ds->next)
+		if (ds->watched) {
+			ds->watched = false;
+			ds->refs--;	/* the parent's watcher's */
+		}
+	if (watch_ep >= 0)
+		REAL(close)(watch_ep);
+	if (watch_ev >= 0)
+		REAL(close)(watch_ev);
+	watch_ep = watch_ev = -1;
+	atomic_store(&watch_on, false);
+	pthread_mutex_init(&watch_start_lock, NULL);
+}
+
+/*
+ * Wait (at most ms, the lock not held) until fd's socket is back, as a
+ * write or bind must; *o is its state then.  False when it is still away
+ * (or closed).
+ */
+static bool away_wait(int fd, struct divsock_opts *o, int ms)
+{
+	struct timespec until;
+	struct divsock *ds;
+	int busy, saved = errno;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	busy = reg_enter();
+	while ((ds = reg_get_locked(fd)) != NULL && ds->o.away && ms > 0 &&
+	       pthread_cond_timedwait(&reg_back, &reg_lock, &until) == 0)
+		;
+	if (ds != NULL)
+		*o = ds->o;
+	reg_leave(busy);
+	errno = saved;
+	return ds != NULL && !ds->o.away;
+}
+
+/* True when a write on fd must not wait: MSG_DONTWAIT or O_NONBLOCK. */
+static bool write_nonblocking(int fd, int flags)
+{
+	int fl;
+
+	if (flags & MSG_DONTWAIT)
+		return true;
+	fl = REAL(fcntl)(fd, F_GETFL);
+	return fl >= 0 && (fl & O_NONBLOCK);
+}
+
+/* A write refused while divertd is away: counted, told to the next. */
+static void away_refused(int fd)
+{
+	struct divsock *ds;
+	int busy = reg_enter();
+
+	if ((ds = reg_get_locked(fd)) != NULL)
+		ds->refused++;
+	reg_leave(busy);
+}
+
 /* ---- socket ------------------------------------------------------------ */
 
 /*
@@ -1086,7 +1601,7 @@ static int div_socket(int type)
 {
 	struct divert_wire_hdr hdr;
 	struct divsock *ds;
-	int saved = errno, fd, err, fl;
+	int saved = errno, fd, err, fl, sv[2];
 
 	if (type & ~(SHIM_SOCK_TYPE_MASK | SOCK_CLOEXEC | SOCK_NONBLOCK))
 		return set_errno(EINVAL);
@@ -1100,7 +1615,8 @@ static int div_socket(int type)
 	shim_busy = 0;
 	if (ds == NULL)
 		return set_errno(ENOBUFS);
-	ds->refs = 1;
+	ds->refs = ds->slots = 1;
+	ds->pair = ds->conn = ds->ringfd = -1;
 	ds->o.rcvbuf = ds->o.sndbuf = DIVERT_SOCKBUF_DEFAULT;
 	err = daemon_path(&ds->path, &ds->pathlen);
 	if (err < 0) {
@@ -1108,61 +1624,112 @@ static int div_socket(int type)
 		return set_errno(socket_errno(-err));
 	}
 
-	fd = daemon_connect(&ds->path, ds->pathlen, type & SOCK_CLOEXEC);
-	if (fd < 0) {
+	ds->conn = daemon_connect(&ds->path, ds->pathlen, SOCK_CLOEXEC);
+	if (ds->conn < 0) {
+		err = ds->conn;
 		free(ds);
-		return set_errno(socket_errno(-fd));
+		return set_errno(socket_errno(-err));
 	}
-	err = daemon_read(fd, DW_WELCOME, &hdr);
+	err = daemon_read(ds->conn, DW_WELCOME, &hdr);
 	if (err == 0 && hdr.arg != 0)
 		err = -(int)hdr.arg;	/* refused: EPERM, ENOBUFS */
 	if (err < 0) {
 		dbg("no welcome from divertd: %s", strerror(-err));
-		REAL(close)(fd);
-		free(ds);
 		/* closed at once: over its client limit; garbled: not ours */
-		return set_errno(err == -ECONNRESET ? ENOBUFS :
-				 err == -EPROTO ? EPROTONOSUPPORT : -err);
+		err = err == -ECONNRESET ? -ENOBUFS :
+		      err == -EPROTO ? -EPROTONOSUPPORT : err;
+		goto fail;
 	}
 	ds->o.conn = hdr.conn;
-	err = ring_attach(fd, &ds->ring);
+	err = ring_attach(ds->conn, &ds->ring, &ds->ringfd);
 	if (err < 0) {
-		dbg("fd %d: ring: %s", fd, strerror(-err));
-		REAL(close)(fd);
-		free(ds);
-		return set_errno(err == -ETIMEDOUT ? ETIMEDOUT : ENOBUFS);
+		dbg("ring: %s", strerror(-err));
+		err = err == -ETIMEDOUT ? -ETIMEDOUT : -ENOBUFS;
+		goto fail;
 	}
-
+	/* the program's fd, and the end divertd gets (and we keep) */
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | (type & SOCK_CLOEXEC), 0,
+		       sv) < 0) {
+		err = -errno;
+		goto fail;
+	}
+	ds->pair = sv[1];
+	fd = sv[0];
+	if (REAL(fcntl)(ds->pair, F_SETFD, FD_CLOEXEC) < 0 ||
+	    (err = daemon_attach(ds->conn, ds->pair, -1, 0, 0)) < 0) {
+		dbg("attach: %s", strerror(-err));
+		REAL(close)(fd);
+		err = err == -ETIMEDOUT ? -ETIMEDOUT : -ENOBUFS;
+		goto fail;
+	}
 	if (type & SOCK_NONBLOCK) {
 		fl = REAL(fcntl)(fd, F_GETFL);
 		if (fl < 0 || REAL(fcntl)(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-			err = errno;
+			err = -errno;
 			REAL(close)(fd);
-			ring_put(ds->ring);
-			free(ds);
-			return set_errno(err);
+			goto fail;
 		}
 	}
-	if (reg_insert(fd, ds) < 0) {
+	if (reg_insert(fd, ds) < 0) {	/* ds went with it */
 		REAL(close)(fd);
 		return set_errno(ENOBUFS);
 	}
+	socks_add(ds);
+	watch_start();
 	dbg("fd %d: divert socket, connection %llu", fd,
 	    (unsigned long long)hdr.conn);
 	errno = saved;
 	return fd;
+fail:
+	if (ds->pair >= 0)
+		REAL(close)(ds->pair);
+	if (ds->ringfd >= 0)
+		REAL(close)(ds->ringfd);
+	REAL(close)(ds->conn);
+	ring_put(ds->ring);
+	free(ds);
+	return set_errno(-err);
 }
 
 /* ---- bind -------------------------------------------------------------- */
 
-static int div_bind(int fd, const struct sockaddr *addr, socklen_t len)
+/* DW_BIND on a control connection of its own: 0 or the errno for bind()
+ * (EADDRNOTAVAIL: no daemon; ETIMEDOUT: no answer). */
+static int daemon_bind(const struct sockaddr_un *sun, socklen_t sunlen,
+		       uint64_t conn, uint16_t port)
 {
 	struct divert_wire_hdr req, rep;
+	int cfd, err;
+
+	cfd = daemon_connect(sun, sunlen, SOCK_CLOEXEC);
+	if (cfd < 0)
+		return EADDRNOTAVAIL;
+	memset(&req, 0, sizeof(req));
+	req.type = DW_BIND;
+	req.version = DIVERT_WIRE_VERSION;
+	req.conn = conn;
+	req.val = port;
+	if (REAL(send)(cfd, &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
+		dbg("bind: sending DW_BIND: %s", strerror(errno));
+		REAL(close)(cfd);
+		return EADDRNOTAVAIL;
+	}
+	err = daemon_read(cfd, DW_REPLY, &rep);
+	REAL(close)(cfd);
+	if (err < 0) {
+		dbg("bind: no reply from divertd: %s", strerror(-err));
+		return err == -ETIMEDOUT ? ETIMEDOUT : EADDRNOTAVAIL;
+	}
+	return rep.arg == 0 ? 0 : rep.arg < 4096 ? (int)rep.arg : EPROTO;
+}
+
+static int div_bind(int fd, const struct sockaddr *addr, socklen_t len)
+{
 	struct sockaddr_in sin;
 	struct sockaddr_un sun;
 	struct divsock_opts o;
 	socklen_t sunlen;
-	int saved = errno, cfd, err;
+	int saved = errno, err;
 	uint16_t port;
 
 	if (addr == NULL || len < sizeof(sa_family_t))
@@ -1175,30 +1742,13 @@ static int div_bind(int fd, const struct sockaddr *addr, socklen_t len)
 	port = ntohs(sin.sin_port);
 	if (!reg_lookup(fd, &o) || !reg_path(fd, &sun, &sunlen))
 		return set_errno(EBADF);	/* closed meanwhile */
-
-	cfd = daemon_connect(&sun, sunlen, SOCK_CLOEXEC);
-	if (cfd < 0)
+	/* divertd restarting: the watcher attaches the socket again soon */
+	if (o.away && !away_wait(fd, &o, SHIM_TIMEOUT_MS))
 		return set_errno(EADDRNOTAVAIL);
-	memset(&req, 0, sizeof(req));
-	req.type = DW_BIND;
-	req.version = DIVERT_WIRE_VERSION;
-	req.conn = o.conn;
-	req.val = port;
-	if (REAL(send)(cfd, &req, sizeof(req), MSG_NOSIGNAL) != sizeof(req)) {
-		dbg("bind: sending DW_BIND: %s", strerror(errno));
-		REAL(close)(cfd);
-		return set_errno(EADDRNOTAVAIL);
-	}
-	err = daemon_read(cfd, DW_REPLY, &rep);
-	REAL(close)(cfd);
-	if (err < 0) {
-		dbg("bind: no reply from divertd: %s", strerror(-err));
-		return set_errno(err == -ETIMEDOUT ? ETIMEDOUT : EADDRNOTAVAIL);
-	}
-	if (rep.arg != 0) {
-		dbg("fd %d: bind to port %u: %s", fd, port,
-		    strerror((int)rep.arg));
-		return set_errno(rep.arg < 4096 ? (int)rep.arg : EPROTO);
+	err = daemon_bind(&sun, sunlen, o.conn, port);
+	if (err != 0) {
+		dbg("fd %d: bind to port %u: %s", fd, port, strerror(err));
+		return set_errno(err);
 	}
 	reg_set_port(fd, port);
 	dbg("fd %d: bound to port %u", fd, port);
@@ -1487,27 +2037,14 @@ static int wch_open(const struct sockaddr_un *sun, socklen_t len)
 	return 0;
 }
 
-/* True when divertd has closed the socket's connection (it restarted or
- * went away): connection ids are not reused across restarts, but nothing
- * must be sent in the name of a dead socket anyway. */
-static bool data_hung_up(int fd)
-{
-	struct pollfd pfd = { .fd = fd, .events = POLLRDHUP };
-
-	return poll(&pfd, 1, 0) == 1 &&
-	       (pfd.revents & (POLLHUP | POLLRDHUP | POLLERR));
-}
-
 /* Send m (a DW_WRITE for the socket fd) and wait for its answer; 0 or the
  * errno.  Cancellation is off while the channel's lock is held. */
-static int write_channel(int fd, const struct sockaddr_un *sun,
-			 socklen_t sunlen, struct msghdr *m)
+static int write_channel(const struct sockaddr_un *sun, socklen_t sunlen,
+			 struct msghdr *m)
 {
 	struct divert_wire_hdr *hdr = m->msg_iov[0].iov_base, reply;
 	int err = 0, cancel;
 
-	if (data_hung_up(fd))
-		return EPIPE;
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 	pthread_mutex_lock(&wch_lock);
 	for (int attempt = 0; attempt < 2; attempt++) {
@@ -1598,14 +2135,21 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 	if (!reads_take(fd, key, incoming)) {
 		/* a new packet: FreeBSD's sendto() reports its fate */
 		struct sockaddr_un sun;
+		struct divsock_opts now = *o;
 		socklen_t sunlen;
 		int saved = errno;
 
 		if (!reg_path(fd, &sun, &sunlen))
 			return set_errno(EBADF);
+		/* divertd restarting: wait for the next one, a little */
+		if (now.away && !away_wait(fd, &now, write_nonblocking(fd, flags)
+					   ? 0 : SHIM_AWAY_WAIT_MS)) {
+			away_refused(fd);
+			return set_errno(ENOBUFS);
+		}
 		hdr.type = DW_WRITE;
-		hdr.conn = o->conn;
-		err = write_channel(fd, &sun, sunlen, &m);
+		hdr.conn = now.conn;
+		err = write_channel(&sun, sunlen, &m);
 		if (err != 0)
 			return set_errno(err);
 		errno = saved;
@@ -1618,12 +2162,18 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 		if (posted)
 			return (ssize_t)len;
 	}
-	/* MSG_NOSIGNAL: a daemon gone away is EPIPE, not a dead program */
-	n = REAL(sendmsg)(fd, &m, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL);
+	/* into the pair, for divertd (the next one, if it is away: never
+	 * wait for that, a full buffer is ENOBUFS then, as on FreeBSD) */
+	n = REAL(sendmsg)(fd, &m, (flags & MSG_DONTWAIT) | MSG_NOSIGNAL |
+			  (o->away ? MSG_DONTWAIT : 0));
 	if (n < 0) {
 		int saved = errno;
 
 		reads_note(fd, key, incoming);	/* a retry is a write-back too */
+		if (o->away && saved == EAGAIN) {
+			away_refused(fd);
+			saved = ENOBUFS;
+		}
 		errno = saved;
 		return -1;
 	}
@@ -2093,7 +2643,7 @@ static void shim_init(void)
 	for (i = 0; i < R_MAX; i++)
 		(void)real_get((enum real_id)i);
 	pthread_atfork(reg_atfork_prepare, reg_atfork_release,
-		       reg_atfork_release);
+		       reg_atfork_child);
 	pthread_atfork(wch_atfork_prepare, wch_atfork_parent, wch_atfork_child);
 	(void)debug_enabled();
 	errno = saved;

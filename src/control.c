@@ -430,6 +430,8 @@ static int cmd_stats(struct ctl *c)
 		{ "bad_checksums", s->bad_cksum_in },
 		{ "no_interface", s->no_iface },
 		{ "channel_writes", s->channel_writes },
+		{ "reattached", s->reattached },
+		{ "away_refused", s->away_refused },
 		{ "verdicts", q->verdicts },
 		{ "verdict_errors", q->verdict_errors },
 		{ "malformed", q->malformed },

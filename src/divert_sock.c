@@ -90,7 +90,10 @@
 struct held;
 
 struct client {
-	struct pollable p;		/* first: epoll data.ptr */
+	struct pollable p;		/* first: epoll data.ptr; the data
+					 * socket (the program's peer) */
+	struct pollable ctl;		/* once attached: the connection it
+					 * came on, watched for its end */
 	uint64_t id;			/* random: a secret of the connection */
 	bool root;			/* may change the rules (divertctl) */
 	bool full;			/* its buffer was full: drop at once
@@ -111,6 +114,9 @@ struct client {
 					 * time its rx ring stopped being empty */
 	struct held *head, *tail;	/* held packets, oldest first */
 	unsigned nheld;
+	bool dead;			/* closed: freed after the loop's round
+					 * (an event of this round may name it) */
+	struct client *next_dead;
 };
 
 struct held {
@@ -139,6 +145,7 @@ static char listen_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static struct client *port_owner[65536];
 static struct client **clients;		/* cfg->max_clients of them */
 static unsigned nclients;
+static struct client *dead_clients;	/* closed this round, to free */
 static struct client **kicks;		/* ring clients to wake at the flush */
 static unsigned nkicks;
 static uint8_t ring_pkt[DIVERT_WIRE_MAXPKT];	/* a write read out of a ring */
@@ -154,6 +161,10 @@ static unsigned npending;
 static uint8_t *wbuf;			/* WRITE_BATCH * WRITE_SLOT */
 static struct mmsghdr wmsgs[WRITE_BATCH];
 static struct iovec wiov[WRITE_BATCH];
+static union {				/* DW_ATTACH's descriptors */
+	struct cmsghdr align;
+	char buf[CMSG_SPACE(DW_ATTACH_MAXFDS * sizeof(int))];
+} wctl[WRITE_BATCH];
 
 static struct divert_stats stats;
 static struct log_ratelimit rl_inject, rl_client, rl_evict;
@@ -362,6 +373,48 @@ static int ring_open(struct client *c)
 fail:
 	close(fd);
 	return -errno;
+}
+
+/*
+ * A ring the client already has (DW_ATTACH after a restart of divertd):
+ * the memfd an earlier divertd made, still mapped by the program.  What
+ * it holds stays: packets posted and not read yet are read (their
+ * write-backs are new packets now: the kernel dropped the held ones with
+ * the old queue), write-backs not drained yet are drained.  Checked as
+ * any client input: a sealed memfd of the right size and layout; the
+ * positions are the client's, which dw_ring_reserve() and dw_ring_next()
+ * never trust.  0 or -errno.
+ */
+static int ring_adopt(struct client *c, int fd)
+{
+	const int need = F_SEAL_SHRINK | F_SEAL_GROW;
+	struct dw_ring_map *map;
+	struct stat st;
+	int seals;
+
+	if (c->ring != NULL || c->bound)
+		return -EISCONN;
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & need) != need || fstat(fd, &st) < 0 ||
+	    !S_ISREG(st.st_mode) || st.st_size != (off_t)DW_RING_LEN)
+		return -EINVAL;
+	map = mmap(NULL, DW_RING_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		return -errno;
+	if (map->magic != DW_RING_MAGIC || map->version != DIVERT_WIRE_VERSION ||
+	    map->rx_size != DW_RING_RX || map->tx_size != DW_RING_TX) {
+		munmap(map, DW_RING_LEN);
+		return -EINVAL;
+	}
+	c->ring = map;
+	c->rx = dw_ring_rx(map);
+	c->tx = dw_ring_tx(map);
+	c->rx_tail = atomic_load(&map->rx.tail);
+	c->tx_head = atomic_load(&map->tx.head);
+	c->rx_posted = atomic_load(&map->rx.taken);	/* counts from now */
+	atomic_store(&map->rx.wake, 0);
+	atomic_store(&map->tx.wake, 0);
+	return 0;
 }
 
 /* DW_RING: make the ring and send it, or the errno. */
@@ -645,12 +698,27 @@ static void client_close(struct client *c)
 	client_unbind(c);
 	ring_close(c);
 	close(c->p.fd);		/* also leaves the epoll set */
+	if (c->ctl.fd >= 0)
+		close(c->ctl.fd);
 	for (unsigned i = 0; i < nclients; i++)
 		if (clients[i] == c) {
 			clients[i] = clients[--nclients];
 			break;
 		}
-	free(c);
+	c->dead = true;
+	c->next_dead = dead_clients;
+	dead_clients = c;
+}
+
+/* Free the clients closed in this round of the loop. */
+static void clients_bury(void)
+{
+	while (dead_clients != NULL) {
+		struct client *c = dead_clients;
+
+		dead_clients = c->next_dead;
+		free(c);
+	}
 }
 
 /* close() frees the port at once on FreeBSD.  Here the holder's hangup
@@ -659,9 +727,13 @@ static void client_close(struct client *c)
  * handled when its own event comes). */
 static bool client_hung_up(struct client *c)
 {
-	struct pollfd pfd = { .fd = c->p.fd, .events = POLLRDHUP };
+	struct pollfd pfd[2] = {
+		{ .fd = c->p.fd, .events = POLLRDHUP },
+		{ .fd = c->ctl.fd, .events = POLLRDHUP },	/* -1: none */
+	};
 
-	if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLRDHUP))) {
+	if (poll(pfd, 2, 0) >= 1 &&
+	    ((pfd[0].revents | pfd[1].revents) & (POLLHUP | POLLRDHUP))) {
 		client_unbind(c);
 		return true;
 	}
@@ -859,6 +931,144 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 	return 0;
 }
 
+/* ---- attaching: a data socket of the client's own ---------------------
+ *
+ * The shim makes the program's divert fd one end of a socketpair and
+ * hands us the other end (DW_ATTACH, SCM_RIGHTS) on the connection it
+ * made; packets and write-backs flow on that pair from then on, and the
+ * connection only tells us when the client is gone.  The point: when
+ * divertd goes away, the program's fd does not end (the shim holds the
+ * pair's other end too), it only goes quiet, and the shim attaches the
+ * same pair, and its ring, to the next divertd (docs/SHIM.md).
+ */
+
+static void client_ctl_event(struct pollable *p, uint32_t events)
+{
+	struct client *c = (struct client *)(void *)((char *)p -
+					offsetof(struct client, ctl));
+	struct divert_wire_hdr m;
+	ssize_t n;
+
+	if (c->dead)
+		return;
+	/* nothing is said on it once attached: read (descriptors sent
+	 * along are closed by the kernel, no control buffer) and count */
+	for (int i = 0; i < WRITE_BATCH; i++) {
+		n = recv(p->fd, &m, sizeof(m), MSG_DONTWAIT | MSG_TRUNC);
+		if (n > 0) {
+			stats.bad_writes++;
+			continue;
+		}
+		if (n == 0 || (errno != EAGAIN && errno != EINTR))
+			goto gone;
+		break;
+	}
+	if (!(events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)))
+		return;
+gone:
+	log_debug("client %d closed its connection", (int)c->pid);
+	if (c->ring != NULL)
+		(void)ring_drain(c);
+	client_close(c);
+}
+
+/* True when sock is a SOCK_SEQPACKET UNIX socket. */
+static bool seqpacket_unix(int sock)
+{
+	int dom = 0, type = 0;
+	socklen_t l1 = sizeof(dom), l2 = sizeof(type);
+
+	return getsockopt(sock, SOL_SOCKET, SO_DOMAIN, &dom, &l1) == 0 &&
+	       getsockopt(sock, SOL_SOCKET, SO_TYPE, &type, &l2) == 0 &&
+	       dom == AF_UNIX && type == SOCK_SEQPACKET;
+}
+
+/* DW_ATTACH with its descriptors (all consumed); the reply goes on the
+ * connection it came on, then the data socket takes its place. */
+static void client_attach(struct client *c, const struct divert_wire_hdr *m,
+			  int *fds, int nfds)
+{
+	bool ring = m->arg & DW_ATTACH_RING;
+	int err = 0, fl, data = nfds > 0 ? fds[0] : -1;
+
+	if (c->ctl.fd >= 0) {		/* a reply would go to its program */
+		stats.bad_writes++;
+		while (nfds > 0)
+			close(fds[--nfds]);
+		return;
+	}
+	if (nfds != 1 + ring ||
+	    (m->arg & ~(DW_ATTACH_RING | DW_ATTACH_AGAIN)))
+		err = EINVAL;
+	else if (!seqpacket_unix(data))
+		err = ENOTSOCK;
+	else if ((fl = fcntl(data, F_GETFL)) < 0 ||
+		 fcntl(data, F_SETFL, fl | O_NONBLOCK) < 0)
+		err = errno;
+	else if (ring)
+		err = -ring_adopt(c, fds[1]);
+	for (int i = 1; i < nfds; i++)
+		close(fds[i]);		/* the ring stays mapped */
+	client_reply(c, err);
+	if (err != 0) {
+		stats.bad_writes++;
+		if (data >= 0)
+			close(data);
+		return;
+	}
+	loop_del(&c->p);
+	c->ctl.fd = c->p.fd;
+	c->ctl.handle = client_ctl_event;
+	c->p.fd = data;
+	if (loop_add(&c->p, EPOLLIN) < 0 ||
+	    loop_add(&c->ctl, EPOLLIN | EPOLLRDHUP) < 0) {
+		/* as before: the connection carries it all (the fd it sees
+		 * is never read: its program waits, as on a full daemon) */
+		loop_del(&c->p);
+		close(data);
+		c->p.fd = c->ctl.fd;
+		c->ctl.fd = -1;
+		(void)loop_add(&c->p, EPOLLIN);
+		log_limited(&rl_client, 4, "client %d: cannot watch its data "
+			    "socket: %s", (int)c->pid, strerror(errno));
+		return;
+	}
+	client_set_rcvbuf(c, c->rcvbuf);
+	if (m->arg & DW_ATTACH_AGAIN)
+		stats.reattached++;
+	stats.away_refused += m->val;
+	log_debug("client %d attached its data socket%s", (int)c->pid,
+		  m->arg & DW_ATTACH_AGAIN ? " again (divertd restarted)" : "");
+}
+
+/* The descriptors an SCM_RIGHTS message brought (at most max; any
+ * beyond are closed), and msg made ready for the next receive. */
+static int msg_fds(struct msghdr *msg, int *fds, int max)
+{
+	struct cmsghdr *cm;
+	int n = 0;
+
+	for (cm = CMSG_FIRSTHDR(msg); cm != NULL; cm = CMSG_NXTHDR(msg, cm)) {
+		size_t k;
+
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		k = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k; i++) {
+			int fd;
+
+			memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(fd));
+			if (n < max)
+				fds[n++] = fd;
+			else
+				close(fd);
+		}
+	}
+	msg->msg_controllen = sizeof(wctl[0].buf);
+	msg->msg_flags = 0;
+	return n;
+}
+
 /* ---- divertctl -------------------------------------------------------- */
 
 #define CTL_MAXARGS 256
@@ -934,6 +1144,9 @@ static void client_message(struct client *c, uint8_t *buf, size_t n)
 	case DW_PACKET:
 		client_write(c, &m, buf + sizeof(m), n - sizeof(m));
 		break;
+	case DW_ATTACH:		/* with no descriptor */
+		client_attach(c, &m, NULL, 0);
+		break;
 	case DW_WRITE: {
 		/* on a process's write channel, for the socket m.conn */
 		struct client *owner = client_by_id(m.conn);
@@ -968,31 +1181,54 @@ static void client_message(struct client *c, uint8_t *buf, size_t n)
 static void client_event(struct pollable *p, uint32_t events)
 {
 	struct client *c = (struct client *)p;
-	int n;
+	int fds[DW_ATTACH_MAXFDS], nfds, n;
 
+	if (c->dead)
+		return;
 	if (events & EPOLLOUT)
 		client_room(c);		/* it has read: room again */
 
 	/* a few batches, then give the others a turn */
 	for (int round = 0; round < 4; round++) {
-		n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH, MSG_DONTWAIT, NULL);
+		n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH,
+			     MSG_DONTWAIT | MSG_CMSG_CLOEXEC, NULL);
 		if (n < 0 && errno == ECONNRESET)
 			/* the program closed with packets unread: Linux says
 			 * so once, ahead of what it wrote before closing (which
 			 * FreeBSD would have sent at sendto()): read on */
-			n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH, MSG_DONTWAIT,
-				     NULL);
+			n = recvmmsg(c->p.fd, wmsgs, WRITE_BATCH,
+				     MSG_DONTWAIT | MSG_CMSG_CLOEXEC, NULL);
 		if (n <= 0)
 			break;
 		for (int i = 0; i < n; i++) {
-			if (wmsgs[i].msg_hdr.msg_flags & MSG_TRUNC)
-				stats.bad_writes++;
-			else if (wmsgs[i].msg_len == 0)
+			bool trunc = wmsgs[i].msg_hdr.msg_flags & MSG_TRUNC;
+
+			nfds = msg_fds(&wmsgs[i].msg_hdr, fds, DW_ATTACH_MAXFDS);
+			if (wmsgs[i].msg_len == 0 && !trunc) {
+				for (int j = i + 1; j < n; j++)	/* unread */
+					nfds += msg_fds(&wmsgs[j].msg_hdr,
+							fds + nfds, 0);
+				while (nfds > 0)
+					close(fds[--nfds]);
 				goto gone;	/* EOF */
+			}
+			if (nfds > 0 && !trunc &&
+			    wmsgs[i].msg_len == sizeof(struct divert_wire_hdr) &&
+			    ((struct divert_wire_hdr *)wiov[i].iov_base)->type ==
+			    DW_ATTACH) {
+				struct divert_wire_hdr m;
+
+				memcpy(&m, wiov[i].iov_base, sizeof(m));
+				client_attach(c, &m, fds, nfds);
+				continue;
+			}
+			while (nfds > 0)	/* descriptors nothing asked for */
+				close(fds[--nfds]);
+			if (trunc)
+				stats.bad_writes++;
 			else
 				client_message(c, wiov[i].iov_base,
 					       wmsgs[i].msg_len);
-			wmsgs[i].msg_hdr.msg_flags = 0;
 		}
 		if (n < WRITE_BATCH)
 			break;
@@ -1117,6 +1353,7 @@ static void listener_event(struct pollable *p, uint32_t events)
 		}
 		c->p.fd = fd;
 		c->p.handle = client_event;
+		c->ctl.fd = -1;
 		c->root = cred.uid == 0;
 		c->pid = cred.pid;
 		client_set_rcvbuf(c, DIVERT_SOCKBUF_DEFAULT);
@@ -1315,6 +1552,7 @@ void divert_sock_idle(void)
 			(void)ring_wait_room(c);
 	}
 	divert_sock_flush();
+	clients_bury();
 }
 
 /* ---- the listening socket -------------------------------------------- */
@@ -1361,6 +1599,8 @@ int divert_sock_open(const struct divert_config *c)
 		wiov[i].iov_len = WRITE_SLOT;
 		wmsgs[i].msg_hdr.msg_iov = &wiov[i];
 		wmsgs[i].msg_hdr.msg_iovlen = 1;
+		wmsgs[i].msg_hdr.msg_control = wctl[i].buf;
+		wmsgs[i].msg_hdr.msg_controllen = sizeof(wctl[i].buf);
 	}
 
 	reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -1395,6 +1635,7 @@ void divert_sock_close(void)
 {
 	while (clients != NULL && nclients > 0)
 		client_close(clients[0]);
+	clients_bury();
 	while (gfirst != NULL)
 		held_drop(gfirst);
 	if (listener.fd >= 0) {

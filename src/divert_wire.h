@@ -7,7 +7,24 @@
  * Every message starts with struct divert_wire_hdr; SOCK_SEQPACKET keeps the
  * boundaries, so the length of a message is what recv() returns.
  *
- * Data connection (the application's fd):
+ * A divert socket (the application's fd) is one end of a socketpair the
+ * shim makes; the other end goes to the daemon on the shim's connection:
+ *   client -> daemon  DW_ATTACH    with SCM_RIGHTS: the pair's other end,
+ *                                  then (arg DW_ATTACH_RING) the ring's
+ *                                  memfd that an earlier divertd made;
+ *                                  arg DW_ATTACH_AGAIN after a restart of
+ *                                  divertd, val = writes the shim refused
+ *                                  while none ran (counted).  Reply
+ *                                  DW_REPLY on the connection, arg = 0 or
+ *                                  errno; from then on the messages below
+ *                                  marked "data" flow on the pair, and the
+ *                                  connection carries nothing: its end is
+ *                                  the client's end.  The shim holds the
+ *                                  pair's other end too, so the
+ *                                  application's fd outlives divertd: it
+ *                                  goes quiet until the shim attaches it
+ *                                  to the next one (docs/SHIM.md).
+ * Connection (before DW_ATTACH, the data messages too):
  *   daemon -> client  DW_WELCOME   first message after accept; conn = the
  *                                  connection id that DW_BIND names, a
  *                                  64-bit random secret only this
@@ -48,8 +65,8 @@
  *                                  message comes in several, val = 1 on all
  *                                  but the last (val = 0).
  * The ring (optional; see "the shared-memory ring" below):
- *   client -> daemon  DW_RING      on the data connection, before bind:
- *                                  deliver through a ring from now on.
+ *   client -> daemon  DW_RING      on the connection, before DW_ATTACH
+ *                                  and bind: deliver through a ring.
  *   daemon -> client  DW_RING      arg = 0 and the ring's memfd in an
  *                                  SCM_RIGHTS message, or arg = the errno
  *                                  (the socket carries packets as before).
@@ -88,7 +105,13 @@ enum divert_wire_type {
 	DW_CTLREPLY = 8,
 	DW_RING    = 9,
 	DW_KICK    = 10,
+	DW_ATTACH  = 11,
 };
+
+/* DW_ATTACH arg bits, and the descriptors it carries at most */
+#define DW_ATTACH_RING	0x1u	/* the ring's memfd comes second: keep it */
+#define DW_ATTACH_AGAIN	0x2u	/* after a restart of divertd */
+#define DW_ATTACH_MAXFDS 2
 
 #define DW_CTL_JSON 0x1u	/* DW_CTL arg: JSON output (list, stats, sockets) */
 #define DW_CTL_MAXREPLY 16384	/* text bytes in one DW_CTLREPLY */

@@ -386,6 +386,10 @@ struct divert_stats {
 	uint64_t bad_cksum_in;		/* incoming writes with a bad header */
 	uint64_t no_iface;		/* incoming writes naming no interface */
 	uint64_t channel_writes;	/* writes on a write channel (new) */
+	uint64_t reattached;		/* divert sockets attached again after
+					 * a restart of divertd */
+	uint64_t away_refused;		/* writes their shims refused (ENOBUFS)
+					 * while no divertd ran */
 };
 /* Listen on cfg->socket_path (created atomically: owner root, group
  * cfg->group, mode 0660). */
