@@ -2023,12 +2023,12 @@ static int wch_open(const struct sockaddr_un *sun, socklen_t len)
 	wch_fd = -1;
 	fd = daemon_connect(sun, len, SOCK_CLOEXEC);
 	if (fd < 0)
-		return EPIPE;
+		return ENOBUFS;		/* divertd restarting: cannot send now */
 	/* a daemon that stops reading cannot hold a write forever */
 	(void)REAL(setsockopt)(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	if (daemon_read(fd, DW_WELCOME, &hello) < 0 || fstat(fd, &st) < 0) {
 		REAL(close)(fd);
-		return EPIPE;
+		return ENOBUFS;
 	}
 	wch_fd = fd;
 	wch_pid = getpid();
@@ -2060,7 +2060,8 @@ static int write_channel(const struct sockaddr_un *sun, socklen_t sunlen,
 		do {
 			err = daemon_read(wch_fd, DW_REPLY, &reply);
 		} while (err == 0 && reply.val != hdr->val);
-		err = err < 0 ? (err == -ETIMEDOUT ? ETIMEDOUT : EPIPE)
+		/* gone before it answered: restarting, cannot send now */
+		err = err < 0 ? (err == -ETIMEDOUT ? ETIMEDOUT : ENOBUFS)
 			      : (int)reply.arg;
 		break;
 	}
