@@ -26,18 +26,7 @@ CONF
 ctl() { "$DCTL" -s "$SOCK" "$@"; }
 held() { ctl sockets 2>/dev/null | awk -v p="$1" '$1 == p { print $4 }'; }
 child() { pgrep -P "$1" | head -1; }
-NSTART=0
-start() {
-	local log=$TMP/divertd.$((++NSTART)).log
-	ip netns exec "$H" "$DIVERTD" -d -f "$TMP/d.conf" -s "$SOCK" >"$log" 2>&1 &
-	DIVERTD_PID=$!; PIDS+=($!)
-	for _ in $(seq 200); do
-		[ -e "$SOCK" ] && grep -q 'ready:' "$log" && return 0
-		kill -0 "$DIVERTD_PID" 2>/dev/null || break
-		sleep 0.05
-	done
-	sed 's/^/# divertd: /' "$log"; return 1
-}
+start() { start_divertd "$H" "$TMP/d.conf" "$SOCK"; }
 ip netns exec "$P" ping -n -q -c 1 -W 1 192.0.2.1 >/dev/null	# neighbours known
 start || { bad "divertd starts"; summary; exit 1; }
 
