@@ -326,6 +326,8 @@ if wait_for "$SOCK" 10; then
 	check "hold time: ping fails" test $? -ne 0
 	check "hold time: the packet is dropped after -t 300 while the program lives" wait_queue_empty
 	check "hold time: the program is still running" kill -0 "$hp"
+	# it would outlive divertd and take its port to the next one
+	kill "$(pgrep -P "$hp" | head -1)" 2>/dev/null; wait "$hp" 2>/dev/null
 	stop_divertd
 	check "hold time: counted as expired" grep -q ' 1 expired' "$TMP/hold2.log"
 else bad "hold time: setup"; fi
