@@ -432,6 +432,7 @@ static int cmd_stats(struct ctl *c)
 		{ "channel_writes", s->channel_writes },
 		{ "reattached", s->reattached },
 		{ "away_refused", s->away_refused },
+		{ "no_divertd", daemon_lost_before() },
 		{ "verdicts", q->verdicts },
 		{ "verdict_errors", q->verdict_errors },
 		{ "malformed", q->malformed },

@@ -19,6 +19,7 @@
  * blocked except inside epoll_pwait().
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <getopt.h>
 #include <grp.h>
 #include <limits.h>
@@ -258,6 +259,7 @@ static struct {
 	struct ruleset *rs;		/* main()'s; divert_sock.c reads it too */
 	const struct mark_layout *ml;
 	enum fw_backend backend;
+	uint64_t lost_before;		/* fw_lost() at start */
 } running;
 
 const struct ruleset *daemon_rules(void)
@@ -273,6 +275,11 @@ const struct mark_layout *daemon_layout(void)
 bool daemon_uses_nft(void)
 {
 	return running.backend == FW_NFT;
+}
+
+uint64_t daemon_lost_before(void)
+{
+	return running.lost_before;
 }
 
 /*
@@ -531,11 +538,18 @@ int main(int argc, char **argv)
 
 	if (backend == FW_AUTO)
 		backend = fw_probe();
-	fw_remove();
 	nports = rules_ports(&rs, ports, MAX_PORTS);
-	if (nfqb_open(ports, nports, QUEUE_MAXLEN, fail_open) < 0 ||
-	    iftable_open() < 0 ||
-	    inject_open() < 0)
+	if (nfqb_open(ports, nports, QUEUE_MAXLEN, fail_open) < 0)
+		goto out_close;
+	/* what a killed divertd's rules counted while none ran, read once
+	 * our queues take what they send (then they count no more) */
+	running.lost_before = fw_lost();
+	if (running.lost_before > 0)
+		log_warn("%" PRIu64 " packets found no divertd since the last "
+			 "one ended (dropped, or with -F passed)",
+			 running.lost_before);
+	fw_remove();
+	if (iftable_open() < 0 || inject_open() < 0)
 		goto out_close;
 	if_p.fd = iftable_fd();
 	if_p.handle = iftable_event;

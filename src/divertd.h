@@ -77,6 +77,8 @@ enum addr_kind { ADDR_ANY, ADDR_ME, ADDR_ME6, ADDR_PREFIX };
 /* Divert and tee ports in one rule list: each is an NFQUEUE queue that
  * divertd binds, with a netlink socket of its own. */
 #define RULES_MAX_DIVERT_PORTS 1024
+/* The comment of the rules that count packets which found no divertd */
+#define RULES_LOST_LABEL "no divertd"
 #define RULE_MAX_ICMPTYPES 32
 #define RULE_MAX_IFACES 4
 
@@ -309,6 +311,9 @@ struct rule_count {
 };
 int fw_counters(enum fw_backend b, const struct ruleset *rs,
 		struct rule_count *c);
+/* Packets that found no divertd, as the installed rules (ours, or those a
+ * killed divertd left, of either backend) counted them. */
+uint64_t fw_lost(void);
 
 /* ---- nfq_bridge.c ----------------------------------------------------- */
 
@@ -430,6 +435,9 @@ unsigned divert_sock_held(void);
 const struct ruleset *daemon_rules(void);
 const struct mark_layout *daemon_layout(void);
 bool daemon_uses_nft(void);
+/* Packets the rules of the divertd before this one dropped (or passed,
+ * with -F) while no divertd read their queue: counted at start. */
+uint64_t daemon_lost_before(void);
 /* Put nrs in place of the running rules while traffic flows, as SIGHUP
  * does: new queues bound first, one transaction per backend table, the
  * ruleset swapped, unused queues unbound.  0, or -1 with the reason in err

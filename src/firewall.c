@@ -306,9 +306,13 @@ int fw_replace(enum fw_backend b, const struct ruleset *rs,
 
 /* ---- counters ------------------------------------------------------------ */
 
-/* nft's JSON listing of our table: each rule with a "rule N #K" comment
- * has a counter expression. */
-static int nft_counters(const struct ruleset *rs, struct rule_count *c)
+/* What a counter walk hands each labelled rule: its comment and counts. */
+typedef void counter_fn(const char *label, uint64_t packets, uint64_t bytes,
+			void *arg);
+
+/* nft's JSON listing of our table: each rule with a comment has a counter
+ * expression.  quiet: no table is no error worth a log line. */
+static int nft_walk(counter_fn *fn, void *arg, bool quiet)
 {
 	json_t *root = NULL, *items;
 	const char *out;
@@ -316,7 +320,7 @@ static int nft_counters(const struct ruleset *rs, struct rule_count *c)
 	json_t *item;
 	int ret = -1;
 
-	if (nft_cmd("list table inet divertd\n", false, true, false, &out) < 0)
+	if (nft_cmd("list table inet divertd\n", false, true, quiet, &out) < 0)
 		goto out;
 	root = json_loads(out, 0, NULL);
 	items = json_object_get(root, "nftables");
@@ -326,19 +330,20 @@ static int nft_counters(const struct ruleset *rs, struct rule_count *c)
 		json_t *rule = json_object_get(item, "rule"), *e;
 		const char *comment = json_string_value(json_object_get(rule,
 								       "comment"));
-		long k = comment != NULL ? rules_label_index(rs, comment) : -1;
+		uint64_t pk = 0, by = 0;
 		size_t j;
 
-		if (k < 0)
+		if (comment == NULL)
 			continue;
 		json_array_foreach(json_object_get(rule, "expr"), j, e) {
 			json_t *ctr = json_object_get(e, "counter");
 
-			c[k].packets += (uint64_t)json_integer_value(
+			pk += (uint64_t)json_integer_value(
 				json_object_get(ctr, "packets"));
-			c[k].bytes += (uint64_t)json_integer_value(
+			by += (uint64_t)json_integer_value(
 				json_object_get(ctr, "bytes"));
 		}
+		fn(comment, pk, by, arg);
 	}
 	ret = 0;
 out:
@@ -346,9 +351,8 @@ out:
 	return ret;
 }
 
-/* iptables-save -c: "[PACKETS:BYTES] -A divertd-... --comment "rule N #K"". */
-static int ipt_counters(int family, const struct ruleset *rs,
-			struct rule_count *c)
+/* iptables-save -c: "[PACKETS:BYTES] -A divertd-... --comment "LABEL"". */
+static int ipt_walk(int family, counter_fn *fn, void *arg)
 {
 	static char save4[] = "iptables-save", save6[] = "ip6tables-save";
 	static char opt_c[] = "-c", opt_t[] = "-t", mangle[] = "mangle";
@@ -364,7 +368,6 @@ static int ipt_counters(int family, const struct ruleset *rs,
 	for (line = saved; *line; line = next) {
 		unsigned long long pk, by;
 		char *lab, *end;
-		long k;
 
 		next = strchr(line, '\n');
 		if (next)
@@ -379,25 +382,57 @@ static int ipt_counters(int family, const struct ruleset *rs,
 		if (end == NULL)
 			continue;
 		*end = '\0';
-		k = rules_label_index(rs, lab);
-		if (k < 0)
-			continue;
-		c[k].packets += pk;
-		c[k].bytes += by;
+		fn(lab, pk, by, arg);
 	}
 	free(saved);
 	return 0;
 }
 
+struct rule_counts {
+	const struct ruleset *rs;
+	struct rule_count *c;
+};
+
+/* "rule N #K": the counts of the K-th rule */
+static void count_rule(const char *label, uint64_t pk, uint64_t by, void *arg)
+{
+	struct rule_counts *rc = arg;
+	long k = rules_label_index(rc->rs, label);
+
+	if (k < 0)
+		return;
+	rc->c[k].packets += pk;
+	rc->c[k].bytes += by;
+}
+
 int fw_counters(enum fw_backend b, const struct ruleset *rs,
 		struct rule_count *c)
 {
+	struct rule_counts rc = { rs, c };
+
 	memset(c, 0, rs->n * sizeof(*c));
 	if (b == FW_NFT)
-		return nft_counters(rs, c);
-	if (ipt_counters(4, rs, c) < 0 || ipt_counters(6, rs, c) < 0)
+		return nft_walk(count_rule, &rc, false);
+	if (ipt_walk(4, count_rule, &rc) < 0 || ipt_walk(6, count_rule, &rc) < 0)
 		return -1;
 	return 0;
+}
+
+static void count_lost(const char *label, uint64_t pk, uint64_t by, void *arg)
+{
+	(void)by;
+	if (strcmp(label, RULES_LOST_LABEL) == 0)
+		*(uint64_t *)arg += pk;
+}
+
+uint64_t fw_lost(void)
+{
+	uint64_t n = 0;
+
+	(void)nft_walk(count_lost, &n, true);
+	(void)ipt_walk(4, count_lost, &n);
+	(void)ipt_walk(6, count_lost, &n);
+	return n;
 }
 
 int fw_install(enum fw_backend b, const struct ruleset *rs,

@@ -8,7 +8,7 @@
 #              not exercise every kernel-side check), then the chains removed
 #   NAME.ipt6  the same with ip6tables-restore
 #   NAME.nft   nft -c -f (a kernel-side check, nothing stays loaded), after
-#              replacing "queue num N" with "drop": some kernels are built
+#              replacing "queue num N [bypass]" with "drop": some kernels are built
 #              without CONFIG_NFT_QUEUE (this one is) and reject the native
 #              queue statement; NFQUEUE through iptables-nft still works, and
 #              the rest of each rule is checked all the same.
@@ -81,7 +81,7 @@ check_ipt() {
 }
 
 check_nft() {
-	sed 's/queue num [0-9][0-9]*/drop/' "$1" >"$tmp"
+	sed 's/queue num [0-9][0-9]*\( bypass\)\{0,1\}/drop/' "$1" >"$tmp"
 	if ! in_ns nft -c -f "$tmp" >"$tmp.err" 2>&1; then
 		echo "$(basename "$1"): nft -c: $(sed "s|$tmp|$1|" "$tmp.err" |
 			oneline)"

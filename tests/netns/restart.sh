@@ -101,20 +101,31 @@ ip netns exec "$P" ping -n -q -c 300 -i 0.05 -W 1 192.0.2.1 >"$TMP/ping.out" 2>&
 PING=$!; PIDS+=($PING)
 mark_all
 check "the stream crosses all four programs" flowing
+nodivertd() { ctl stats | awk '$1 == "no_divertd" { print $2 }'; }
+# diverted to a port before its program had bound it again
+nosocket() { ctl stats | awk '$1 == "no_socket" { s += $2 } END { print s + 0 }'; }
+counted=0
 for k in 1 2 3; do
+	counted=$((counted + $(nosocket)))
 	kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
 	sleep 0.3		# the programs wait without divertd
 	start || bad "divertd starts again ($k)"
 	mark_all
+	n=$(nodivertd); counted=$((counted + ${n:-0}))
+	echo "# divertd $k: $n pings found no divertd while it was away"
 	check "SIGKILL $k: within 1 s of the new divertd's readiness all four programs read again" flowing
 done
+counted=$((counted + $(nosocket)))
 kill -TERM "$DIVERTD_PID"; wait "$DIVERTD_PID"; rc=$?
 check "SIGTERM: divertd exits 0 ($rc)" test "$rc" = 0
-sleep 0.3
+sleep 0.3		# no rules: the pings pass untouched
 start || bad "divertd starts again (after SIGTERM)"
 mark_all
+n=$(nodivertd)
+check "after SIGTERM the rules were gone: no ping found a divertd missing ($n)" test "$n" = 0
 check "SIGTERM and start: within 1 s all four programs read again" flowing
 wait "$PING"
+counted=$((counted + $(nosocket)))
 sent=$(awk '/packets transmitted/ { print $1 }' "$TMP/ping.out")
 recv=$(awk '/packets transmitted/ { print $4 }' "$TMP/ping.out")
 alive=0
@@ -126,10 +137,12 @@ for p in 8669 8670 8671 8672; do
 	check "port $p (${KIND[$p]}): no 0-byte read, no errno ($sum)" \
 		grep -q 'zero 0 errors 0 ' <<<"$sum"
 done
-# what was lost: the pings that found no divertd (dropped by the kernel at
-# the divert rule) and those held when it was killed
+# what was lost: the pings that found no divertd, each dropped and counted
+# by the rules the killed one left, and told by the next (no_divertd)
 check "the stream went on: $recv of $sent pings answered across 4 restarts" \
 	test "$recv" -ge $((sent * 3 / 4))
+check "every ping lost was counted: $((sent - recv)) lost, $counted counted (no_divertd, no_socket)" \
+	test $((sent - recv)) = "$counted"
 n=$(ctl stats | awk '$1 == "reattached" { print $2 }')
 check "divertctl stats counts the 4 sockets attached again to this divertd, as each was before ($n)" \
 	test "${n:-0}" -ge 4
