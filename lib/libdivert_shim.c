@@ -72,6 +72,7 @@
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -1186,14 +1187,17 @@ static int daemon_bind(const struct sockaddr_un *sun, socklen_t sunlen,
  * reads wait as for any packet, a write-back goes into the ring or the
  * pair for the next divertd (ENOBUFS when they are full), a new packet
  * waits for the next divertd at most SHIM_AWAY_WAIT_MS (then ENOBUFS).
- * Every SHIM_RETRY_MS the watcher tries to reach divertd's socket; once
- * one answers, it attaches the pair and the ring (which both keep what
+ * The watcher tries to reach divertd's socket when a file appears in its
+ * directory (divertd renames it into place once ready), and every
+ * SHIM_RETRY_MS in case it missed one; once one answers, it attaches the pair and the ring (which both keep what
  * they hold), sets the socket's buffer sizes and binds its port again.
  * Nothing here runs while divertd is up: the per-packet path only reads
  * the away flag its registry lookup copies anyway.
  */
 static int watch_ep = -1;		/* epoll of the connections */
 static int watch_ev = -1;		/* eventfd: look at the sockets */
+static int watch_in = -1;		/* inotify: the socket's directory */
+static char watch_in_mark;		/* its epoll data.ptr */
 static pthread_mutex_t watch_start_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Watch ds's connection; the lock is held. */
@@ -1319,7 +1323,19 @@ fail:
 /* The connection of ds ended: it is away until attached again. */
 static void went_away_locked(struct divsock *ds)
 {
+	char dir[sizeof(ds->path.sun_path)];
+	char *slash;
 	int conn = ds->conn;
+
+	memcpy(dir, ds->path.sun_path, sizeof(dir));
+	dir[sizeof(dir) - 1] = '\0';
+	slash = strrchr(dir, '/');
+	if (slash != NULL && watch_in >= 0) {
+		*slash = '\0';
+		if (inotify_add_watch(watch_in, slash == dir ? "/" : dir,
+				      IN_CREATE | IN_MOVED_TO) < 0)
+			dbg("cannot watch %s: %s", dir, strerror(errno));
+	}
 
 	watch_forget_locked(ds);
 	REAL(close)(conn);
@@ -1402,6 +1418,7 @@ static bool reattach_all(void)
 static void *watch_main(void *arg)
 {
 	struct epoll_event ev[16];
+	char evbuf[4096] __attribute__((aligned(8)));
 	bool away = false;
 	uint64_t v;
 	int n;
@@ -1424,6 +1441,10 @@ static void *watch_main(void *arg)
 
 			if (ds == NULL)
 				(void)!REAL(read)(watch_ev, &v, sizeof(v));
+			else if ((void *)ds == &watch_in_mark)
+				while (REAL(read)(watch_in, evbuf,
+						  sizeof(evbuf)) > 0)
+					;	/* something new there: try */
 			else if (ds->watched && !ds->shut)
 				went_away_locked(ds);
 		}
@@ -1469,6 +1490,18 @@ static void watch_start(void)
 		dbg("no watcher: %s", strerror(errno));
 		goto out;
 	}
+	if (watch_in < 0) {
+		/* without it, the watcher only tries every SHIM_RETRY_MS */
+		struct epoll_event iev = { .events = EPOLLIN,
+					   .data.ptr = &watch_in_mark };
+
+		watch_in = inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+		if (watch_in >= 0 &&
+		    epoll_ctl(watch_ep, EPOLL_CTL_ADD, watch_in, &iev) < 0) {
+			REAL(close)(watch_in);
+			watch_in = -1;
+		}
+	}
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);	/* the program's signals
 							 * stay the program's */
@@ -1507,7 +1540,9 @@ static void watch_atfork_child_locked(void)
 		REAL(close)(watch_ep);
 	if (watch_ev >= 0)
 		REAL(close)(watch_ev);
-	watch_ep = watch_ev = -1;
+	if (watch_in >= 0)
+		REAL(close)(watch_in);
+	watch_ep = watch_ev = watch_in = -1;
 	atomic_store(&watch_on, false);
 	pthread_mutex_init(&watch_start_lock, NULL);
 }

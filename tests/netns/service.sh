@@ -74,10 +74,12 @@ check "... logged with FILE:LINE, and the running rules stay" \
 ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
 check "... and still divert (ping through the program)" test $? -eq 0
 
+# the program first: a divert socket outlives divertd, and its port would
+# be taken to the next one
+kill "$(pgrep -P "$EPID" | head -1)" 2>/dev/null; wait "$EPID" 2>/dev/null
 kill -TERM "$DIVERTD_PID"; wait "$DIVERTD_PID"; rc=$?
 check "SIGTERM: exit 0" test "$rc" -eq 0
 check "notify: STOPPING=1" wait_msg "STOPPING=1" 5
-kill "$EPID" 2>/dev/null; wait "$EPID" 2>/dev/null
 
 # --- SIGKILL: what traffic does until the next start, and the next start
 printf '100 divert 8668 icmp from any to any in icmptypes 8\n' >"$CONF"
