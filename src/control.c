@@ -535,6 +535,8 @@ static int cmd_rules(struct ctl *c, int argc, char **argv)
 		if (t1 != NULL)
 			fprintf(c->f, "# nftables: nft -f -\n%s", t1);
 	} else {
+		char *lost = ml->lost ? rules_nft_lost_text(ml) : NULL;
+
 		t1 = rules_ipt_text(rs, ml, 4);
 		t2 = rules_ipt_text(rs, ml, 6);
 		if (t1 != NULL && t2 != NULL)
@@ -544,6 +546,10 @@ static int cmd_rules(struct ctl *c, int argc, char **argv)
 				t1, t2);
 		else
 			rc = 1;
+		if (lost != NULL)
+			fprintf(c->f, "\n# with iptables, also (what finds no "
+				"divertd): nft -f -\n%s", lost);
+		free(lost);
 	}
 	if (t1 == NULL || rc != 0) {
 		fputs("divertd: out of memory\n", c->f);

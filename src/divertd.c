@@ -126,10 +126,14 @@ static void print_rules(const struct ruleset *rs, const struct mark_layout *ml)
 	char *nft = rules_nft_text(rs, ml);
 	char *ipt4 = rules_ipt_text(rs, ml, 4);
 	char *ipt6 = rules_ipt_text(rs, ml, 6);
+	char *lost = rules_nft_lost_text(ml);
 
 	printf("# nftables: nft -f -\n%s\n", nft ? nft : "");
 	printf("# iptables: iptables-restore --noflush\n%s\n", ipt4 ? ipt4 : "");
 	printf("# ip6tables: ip6tables-restore --noflush\n%s", ipt6 ? ipt6 : "");
+	printf("\n# with iptables, also (what finds no divertd): nft -f -\n%s",
+	       lost ? lost : "");
+	free(lost);
 	free(nft);
 	free(ipt4);
 	free(ipt6);

@@ -146,6 +146,9 @@ struct mark_layout {
 	uint32_t mask;			/* contiguous, >= 16 bits */
 	unsigned shift;			/* ctz(mask) */
 	bool fail_open;			/* pass it on (bypass), not drop it */
+	bool lost;			/* the chains that count what finds no
+					 * divertd are in place (default): the
+					 * queue rules bypass into them */
 };
 
 int mark_layout_init(struct mark_layout *ml, uint32_t mask);
@@ -189,6 +192,9 @@ size_t rules_ports(const struct ruleset *rs, uint16_t *ports, size_t max);
  * ipt: input for iptables-restore --noflush (family 4) or
  *      ip6tables-restore --noflush (family 6). */
 char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml);
+/* With the iptables backend: the nftables table that holds only the
+ * chains counting what finds no divertd (the nft text has them too). */
+char *rules_nft_lost_text(const struct mark_layout *ml);
 char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
 		     int family);
 /* One rule as an ipfw line ("00100 divert 8668 icmp from any to any in
@@ -296,7 +302,7 @@ void fw_close(void);
 enum fw_backend fw_probe(void);
 /* Remove whatever an earlier divertd left, then install the rules. */
 int fw_install(enum fw_backend b, const struct ruleset *rs,
-	       const struct mark_layout *ml);
+	       struct mark_layout *ml);
 /* Replace the installed rules with rs while traffic flows: one nft
  * transaction, or one iptables-restore per family. */
 int fw_replace(enum fw_backend b, const struct ruleset *rs,

@@ -436,11 +436,24 @@ uint64_t fw_lost(void)
 }
 
 int fw_install(enum fw_backend b, const struct ruleset *rs,
-	       const struct mark_layout *ml)
+	       struct mark_layout *ml)
 {
 	int ret = -1;
 
 	fw_remove();
+	if (b == FW_IPT && ml->lost) {
+		/* the chains that count what finds no divertd are nft's; if
+		 * nft cannot have them, the queue rules must not bypass */
+		char *lost = rules_nft_lost_text(ml);
+
+		if (lost == NULL || nft_run(lost, false, false) < 0) {
+			log_warn("packets that find no divertd will not be "
+				 "counted: nft refused the chains that count "
+				 "them");
+			ml->lost = false;
+		}
+		free(lost);
+	}
 	if (b == FW_NFT) {
 		char *text = rules_nft_text(rs, ml);
 		if (text != NULL)

@@ -68,6 +68,7 @@ int mark_layout_init(struct mark_layout *ml, uint32_t mask)
 	ml->mask = mask;
 	ml->shift = shift;
 	ml->fail_open = false;
+	ml->lost = true;
 	return 0;
 }
 
@@ -685,8 +686,9 @@ static void ipt_rule(struct ipt_ctx *c, const struct rule *r, char *chain,
 	}
 	if (r->action == ACT_DIVERT || r->action == ACT_TEE)
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j NFQUEUE "
-			  "--queue-num %u --queue-bypass\n", chain,
-			  tagmark(ml, mark_value(c->rs, r)), ml->mask, r->arg);
+			  "--queue-num %u%s\n", chain,
+			  tagmark(ml, mark_value(c->rs, r)), ml->mask, r->arg,
+			  ml->lost || ml->fail_open ? " --queue-bypass" : "");
 	if (r->action == ACT_ALLOW || r->action == ACT_SKIPTO)
 		/* back to the driver, whose guards now pass it on */
 		sb_printf(c->body, "-A %s -m mark --mark 0x%x/0x%x -j RETURN\n",
@@ -792,24 +794,12 @@ char *rules_ipt_text(const struct ruleset *rs, const struct mark_layout *ml,
 	}
 	sb_printf(&out, "*mangle\n");
 	sb_cat(&out, &decl[0]);
-	sb_printf(&out, ":divertd-lost - [0:0]\n");
 	sb_cat(&out, &decl[1]);
 	sb_cat(&out, &body[0]);
 	sb_cat(&out, &body[1]);
-	/* packets that found no divertd (see nft_lost_chain()): caught at
-	 * the next hook on their way, FORWARD before its out pass */
-	sb_printf(&out, "-A divertd-lost -m mark ! --mark 0x0/0x%x -m comment "
-		  "--comment \"%s\" -j ", ml->mask, RULES_LOST_LABEL);
-	if (ml->fail_open)
-		sb_printf(&out, "MARK --set-xmark 0x0/0x%x\n", ml->mask);
-	else
-		sb_printf(&out, "DROP\n");
 	sb_printf(&out, "-I PREROUTING 1 -j divertd-in\n"
 		  "-I OUTPUT 1 -j divertd-out\n"
 		  "-I FORWARD 1 -j divertd-out\n"
-		  "-I FORWARD 1 -j divertd-lost\n"
-		  "-I INPUT 1 -j divertd-lost\n"
-		  "-I POSTROUTING 1 -j divertd-lost\n"
 		  "COMMIT\n");
 	text = sb_take(&out);
 out:
@@ -929,8 +919,9 @@ static void nft_rule(struct sbuf *b, const struct ruleset *rs,
 	case ACT_DIVERT:
 	case ACT_TEE:
 		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x "
-			  "queue num %u bypass", ~ml->mask,
-			  tagmark(ml, mark_value(rs, r)), r->arg);
+			  "queue num %u%s", ~ml->mask,
+			  tagmark(ml, mark_value(rs, r)), r->arg,
+			  ml->lost || ml->fail_open ? " bypass" : "");
 		break;
 	case ACT_ALLOW:
 		sb_printf(&m, " meta mark set meta mark & 0x%08x | 0x%x return",
@@ -1034,7 +1025,11 @@ static void nft_pass_chains(struct sbuf *b, const struct ruleset *rs,
  * goes on to the next chain of the hook.  This one, right after ours,
  * counts it and drops it, or with -F clears our bits and lets it go on.
  * Without it the kernel would drop it and count it nowhere; with it the
- * next divertd finds the count (fw_lost()).
+ * next divertd finds the count (fw_lost()).  The same chains serve the
+ * iptables backend (rules_nft_lost_text()): no iptables table comes after
+ * mangle at PREROUTING for every packet, and a chain on a later hook
+ * would meet the packets a verdict sends round the hook again, their tag
+ * rightly set.
  */
 static void nft_lost_chain(struct sbuf *b, const char *hook,
 			   const struct mark_layout *ml)
@@ -1047,6 +1042,18 @@ static void nft_lost_chain(struct sbuf *b, const char *hook,
 	else
 		sb_printf(b, "drop");
 	sb_printf(b, " comment \"%s\"\n\t}\n", RULES_LOST_LABEL);
+}
+
+char *rules_nft_lost_text(const struct mark_layout *ml)
+{
+	struct sbuf b = { 0 };
+
+	sb_printf(&b, "table inet divertd {\n");
+	nft_lost_chain(&b, "prerouting", ml);
+	nft_lost_chain(&b, "output", ml);
+	nft_lost_chain(&b, "forward", ml);
+	sb_printf(&b, "}\n");
+	return sb_take(&b);
 }
 
 char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml)
@@ -1071,9 +1078,11 @@ char *rules_nft_text(const struct ruleset *rs, const struct mark_layout *ml)
 		       out, nout);
 	nft_pass_chains(&b, rs, PASS_IN, ml, in, nin);
 	nft_pass_chains(&b, rs, PASS_OUT, ml, out, nout);
-	nft_lost_chain(&b, "prerouting", ml);
-	nft_lost_chain(&b, "output", ml);
-	nft_lost_chain(&b, "forward", ml);
+	if (ml->lost) {
+		nft_lost_chain(&b, "prerouting", ml);
+		nft_lost_chain(&b, "output", ml);
+		nft_lost_chain(&b, "forward", ml);
+	}
 	sb_printf(&b, "}\n");
 	text = sb_take(&b);
 done:
