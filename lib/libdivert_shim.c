@@ -2186,6 +2186,8 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 		hdr.type = DW_WRITE;
 		hdr.conn = now.conn;
 		err = write_channel(&sun, sunlen, &m);
+		if (err == ENOBUFS)	/* divertd went before we saw it */
+			away_refused(fd);
 		if (err != 0)
 			return set_errno(err);
 		errno = saved;

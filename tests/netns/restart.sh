@@ -7,8 +7,10 @@
 #     poll(), epoll on a non-blocking socket, a blocking read): no program
 #     exits, reads 0 bytes or gets an errno; each new divertd has the
 #     traffic flowing through all four again within 1 s of its readiness;
-#   - the ring and what waited in it survive: packets posted before the
-#     kill are read after it.
+#   - every ping lost is counted: no_divertd (while none ran), no_socket
+#     (before its program was bound again);
+#   - a new packet written while divertd is away waits for it 1 s, then
+#     fails with ENOBUFS and is counted (away_refused).
 . "$(dirname "$0")/lib.sh"
 need_root
 DCTL=$BUILD/divertctl
@@ -146,5 +148,32 @@ check "every ping lost was counted: $((sent - recv)) lost, $counted counted (no_
 n=$(ctl stats | awk '$1 == "reattached" { print $2 }')
 check "divertctl stats counts the 4 sockets attached again to this divertd, as each was before ($n)" \
 	test "${n:-0}" -ge 4
+
+# --- a new packet written while divertd is away: it waits 1 s for the
+# next one, then ENOBUFS (FreeBSD's errno for a full buffer), counted
+rm -f "$TMP/w.ready"
+divert_prog "$H" "$SOCK" div_select -w 192.0.2.2 -t 60 8668 "$TMP/w.ready" >"$TMP/w.out" 2>&1 &
+WP=$!; PIDS+=($WP)
+wait_for "$TMP/w.ready" 5
+writes() { grep -c '^write' "$TMP/w.out"; }
+ask_write() { # ask_write N: SIGUSR1, then wait for the Nth write line
+	kill -USR1 "$(child "$WP")"
+	for _ in $(seq 100); do [ "$(writes)" -ge "$1" ] && break; sleep 0.05; done
+	sed -n "$1{/^write/p}" <(grep '^write' "$TMP/w.out")
+}
+r=$(ask_write 1)
+check "a new packet written while divertd runs: $r" test "$r" = "write OK"
+kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
+r=$(ask_write 2)
+check "... while divertd is away: ENOBUFS after waiting for it ($r)" test "$r" = "write errno 105"
+start || bad "divertd starts again (writes)"
+for _ in $(seq 100); do ctl sockets | grep -q '^ *8668 ' && break; sleep 0.02; done
+n=$(ctl stats | awk '$1 == "away_refused" { print $2 }')
+check "... counted by the next divertd (away_refused $n)" test "${n:-0}" = 1
+r=$(ask_write 3)
+check "... and once it is back, a new packet goes out again: $r" test "$r" = "write OK"
+kill "$(child "$WP")" 2>/dev/null; wait "$WP" 2>/dev/null
+check "the writer read 0 bytes never, and had no error ($(grep '^reads' "$TMP/w.out"))" \
+	grep -q 'zero 0 errors 0 ' "$TMP/w.out"
 stop_divertd
 summary

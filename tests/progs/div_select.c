@@ -3,9 +3,13 @@
  * waits for packets with select() (or poll(), epoll, or a blocking read)
  * and writes each one back unchanged, as long as it runs.
  *
- *	div_select [-m select|poll|epoll|block] [-n] [-t SECONDS] PORT [READYFILE]
+ *	div_select [-m select|poll|epoll|block] [-n] [-t SECONDS] [-w DST]
+ *		   PORT [READYFILE]
  *
- * -n makes the socket non-blocking.  It runs until SIGTERM or SECONDS
+ * -n makes the socket non-blocking.  With -w, each SIGUSR1 makes it write
+ * one new packet (a UDP datagram to DST port 9, outgoing) and print
+ *	write OK	or	write errno N
+ * (not counted in E).  It runs until SIGTERM or SECONDS
  * (default 60), then prints
  *	reads N zero Z errors E lasterr ERRNO writes W
  * and exits 0.  Z counts reads that returned 0 bytes and E every failed
@@ -19,6 +23,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 
 #include <err.h>
 #include <errno.h>
@@ -33,12 +38,32 @@
 
 #include "divert.h"
 
-static volatile sig_atomic_t done;
+static volatile sig_atomic_t done, write_asked;
 
 static void on_signal(int sig)
 {
-	(void)sig;
-	done = 1;
+	if (sig == SIGUSR1)
+		write_asked = 1;
+	else
+		done = 1;
+}
+
+/* One new outgoing packet: UDP from 0.0.0.0 (the stack fills it in) to
+ * dst port 9; 0 or the errno of sendto(). */
+static int write_new(int fd, struct in_addr dst)
+{
+	unsigned char pkt[28] = {
+		0x45, 0, 0, 28, 0x12, 0x34, 0, 0, 64, 17,	/* UDP */
+	};
+	struct sockaddr_in to;
+
+	memcpy(pkt + 16, &dst, 4);
+	pkt[21] = 9;			/* source port 0, destination 9 */
+	pkt[23] = 8;			/* UDP length; checksum 0: none */
+	memset(&to, 0, sizeof(to));
+	to.sin_family = AF_INET;	/* INADDR_ANY: outgoing */
+	return sendto(fd, pkt, sizeof(pkt), 0, (struct sockaddr *)&to,
+		      sizeof(to)) < 0 ? errno : 0;
 }
 
 enum mode { M_SELECT, M_POLL, M_EPOLL, M_BLOCK };
@@ -70,6 +95,7 @@ int main(int argc, char **argv)
 	unsigned long reads = 0, zero = 0, errors = 0, writes = 0;
 	enum mode m = M_SELECT;
 	int lasterr = 0, nonblock = 0, seconds = 60, fd, ep = -1, c, r;
+	struct in_addr wdst = { 0 };
 	struct sockaddr_in sin;
 	struct sigaction sa;
 	socklen_t slen;
@@ -77,7 +103,7 @@ int main(int argc, char **argv)
 	time_t end;
 	ssize_t n;
 
-	while ((c = getopt(argc, argv, "m:nt:")) != -1) {
+	while ((c = getopt(argc, argv, "m:nt:w:")) != -1) {
 		switch (c) {
 		case 'm':
 			m = strcmp(optarg, "poll") == 0 ? M_POLL :
@@ -90,9 +116,13 @@ int main(int argc, char **argv)
 		case 't':
 			seconds = atoi(optarg);
 			break;
+		case 'w':
+			if (inet_pton(AF_INET, optarg, &wdst) != 1)
+				errx(2, "-w: not an IPv4 address: %s", optarg);
+			break;
 		default:
 			errx(2, "usage: div_select [-m select|poll|epoll|block] "
-			     "[-n] [-t SECONDS] PORT [READYFILE]");
+			     "[-n] [-t SECONDS] [-w DST] PORT [READYFILE]");
 		}
 	}
 	if (argc - optind < 1)
@@ -103,6 +133,7 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGALRM, &sa, NULL);
+	sigaction(SIGUSR1, &sa, NULL);
 	alarm((unsigned)seconds);
 
 	fd = socket(PF_DIVERT, SOCK_RAW | (nonblock ? SOCK_NONBLOCK : 0), 0);
@@ -127,6 +158,14 @@ int main(int argc, char **argv)
 
 	end = time(NULL) + seconds;
 	while (!done && time(NULL) < end) {
+		if (write_asked && wdst.s_addr != 0) {
+			write_asked = 0;
+			c = write_new(fd, wdst);
+			if (c == 0)
+				printf("write OK\n");
+			else
+				printf("write errno %d\n", c);
+		}
 		r = wait_readable(m, fd, ep);
 		if (r < 0 && errno != EINTR) {
 			errors++;
