@@ -189,6 +189,7 @@ struct hc {
 	bool poked;			/* the fuzzer wrote into its ring: hostile,
 					 * nothing in it is checked */
 	unsigned kicks;			/* DW_KICKs read and not yet taken */
+	int pair;			/* OP_ATTACH: the end kept, or -1 */
 };
 static struct hc hcs[FZ_CONNS];
 static unsigned nhc;
@@ -644,6 +645,11 @@ bool daemon_uses_nft(void)
 	return running_rs.n % 2 == 0;
 }
 
+uint64_t daemon_lost_before(void)
+{
+	return 7;	/* as a killed divertd's rules might have counted */
+}
+
 /* divertd.c's, without the kernel: counters saved and carried, the
  * ruleset swapped in place (divert_sock.c reads it through cfg->rs). */
 int daemon_apply(struct ruleset *nrs, const char *what, char *err,
@@ -721,7 +727,7 @@ static bool reply_errno_ok(int e)
 	static const int ok[] = {
 		0, EINVAL, EMSGSIZE, EAFNOSUPPORT, EBADF, EADDRNOTAVAIL,
 		EADDRINUSE, ENETUNREACH, EPERM, ENOBUFS, EHOSTUNREACH, EACCES,
-		ENOSPC,
+		ENOSPC, ENOTSOCK, EISCONN, ENOMEM,
 	};
 
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
@@ -1137,6 +1143,7 @@ static void op_connect(struct fz *in)
 	h = &hcs[nhc];
 	memset(h, 0, sizeof(*h));
 	h->ident = id;
+	h->pair = -1;
 	h->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	FZ_CHECK(h->fd >= 0, "socket: %s", strerror(errno));
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", sock_path);
@@ -1294,6 +1301,9 @@ static void hc_close(struct hc *h)
 	if (h->fd >= 0)
 		close(h->fd);
 	h->fd = -1;
+	if (h->pair >= 0)
+		close(h->pair);
+	h->pair = -1;
 	if (h->ring != NULL) {
 		FZ_CHECK(munmap(h->ring, DW_RING_LEN) == 0, "munmap: %s",
 			 strerror(errno));
@@ -1467,6 +1477,89 @@ static void op_ring(struct fz *in)
 	};
 
 	hc_send(h, &m, sizeof(m));
+}
+
+/*
+ * DW_ATTACH with what the fuzzer picks (fuzz_client_ops.h): the daemon
+ * must take a data socket and a ring only as the protocol says, close
+ * every descriptor it does not keep, and never crash on what it keeps.
+ * What flows on the pair afterwards is not followed: the connection is
+ * treated as hostile from now on.
+ */
+static void op_attach(struct fz *in)
+{
+	struct hc *h = pick_hc(in);
+	uint8_t mode = fz_u8(in);
+	struct divert_wire_hdr m = {
+		.type = DW_ATTACH, .version = DIVERT_WIRE_VERSION,
+		.arg = mode & 0x80 ? mode >> 4u :
+		       ((mode & 3) == 3 ? DW_ATTACH_RING : 0) |
+		       (mode & 0x20 ? DW_ATTACH_AGAIN : 0),
+		.val = mode,
+	};
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(2 * sizeof(int))];
+	} ctl;
+	struct iovec iov = { .iov_base = &m, .iov_len = sizeof(m) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	int fds[2], n = 0, sv[2], p[2];
+
+	if (h == NULL || h->fd < 0)
+		return;
+	switch (mode & 3) {
+	case 1:
+	case 3:
+		FZ_CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC |
+				    SOCK_NONBLOCK, 0, sv) == 0,
+			 "socketpair: %s", strerror(errno));
+		if (h->pair >= 0)
+			close(h->pair);
+		h->pair = sv[0];
+		fds[n++] = sv[1];
+		break;
+	case 2:
+		FZ_CHECK(pipe2(p, O_CLOEXEC) == 0, "pipe: %s", strerror(errno));
+		close(p[1]);
+		fds[n++] = p[0];
+		break;
+	}
+	if ((mode & 3) == 3) {
+		int mfd = memfd_create("fz-attach", MFD_CLOEXEC |
+				       MFD_ALLOW_SEALING);
+		struct dw_ring_map *map;
+		size_t len = mode & 4 ? 4096 : DW_RING_LEN;
+
+		FZ_CHECK(mfd >= 0 && ftruncate(mfd, (off_t)len) == 0,
+			 "memfd: %s", strerror(errno));
+		map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+		FZ_CHECK(map != MAP_FAILED, "mmap: %s", strerror(errno));
+		map->magic = mode & 0x40 ? 0 : DW_RING_MAGIC;
+		map->version = DIVERT_WIRE_VERSION;
+		map->rx_size = DW_RING_RX;
+		map->tx_size = DW_RING_TX;
+		munmap(map, len);
+		if (!(mode & 8))
+			FZ_CHECK(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK |
+				       F_SEAL_GROW) == 0, "seals: %s",
+				 strerror(errno));
+		fds[n++] = mfd;
+	}
+	if (n > 0) {
+		memset(&ctl, 0, sizeof(ctl));
+		mh.msg_control = ctl.buf;
+		mh.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
+		CMSG_FIRSTHDR(&mh)->cmsg_level = SOL_SOCKET;
+		CMSG_FIRSTHDR(&mh)->cmsg_type = SCM_RIGHTS;
+		CMSG_FIRSTHDR(&mh)->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+		memcpy(CMSG_DATA(CMSG_FIRSTHDR(&mh)), fds,
+		       (size_t)n * sizeof(int));
+	}
+	h->noisy = h->poked = true;
+	(void)sendmsg(h->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (n > 0)
+		close(fds[--n]);	/* the daemon's now, or nobody's */
+	pump();
 }
 
 /*
@@ -1687,6 +1780,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case OP_RINGPOKE:
 			op_ringpoke(&in);
+			break;
+		case OP_ATTACH:
+			op_attach(&in);
 			break;
 		}
 	}

@@ -67,6 +67,15 @@ enum {
 			 * DW_KICK follows, & 8: the loop does not run yet (a
 			 * tx wake poked to 0 stays: the next write-back does
 			 * not kick, the loop finds it when it is idle) */
+	OP_ATTACH,	/* k mode: connection k sends DW_ATTACH (arg: the ring
+			 * flag when a memfd goes, & 0x20 the restart flag,
+			 * & 0x80 mode >> 4 instead; val = mode) with, by mode
+			 * & 3: no descriptor, a
+			 * socketpair's end (its other end kept until hangup),
+			 * a pipe's end, or a socketpair's end and a memfd for
+			 * a ring: mode & 4 too short, & 8 unsealed, & 0x40 a
+			 * header that is not a ring's; from then on the
+			 * connection is hostile (nothing checked of it) */
 	OP_N
 };
 

@@ -1103,6 +1103,40 @@ static void ring_seeds(void)
 	u8(&o, OP_PUMP);
 	save("fuzz_client", "ring-full-space", &o);
 
+	/* DW_ATTACH: a data socket, then packets to it; a pipe; a ring
+	 * adopted (a good one, one too short, one unsealed, one with no
+	 * ring's header); nothing at all; a second attach */
+	{
+		static const uint8_t modes[] = { 1, 2, 3, 3 | 4, 3 | 8,
+						 3 | 0x40, 0, 0x21, 0x23, 0x91,
+						 0xf3 };
+
+		for (size_t i = 0; i < sizeof(modes); i++) {
+			char name[32];
+
+			o.n = 0;
+			c_connect(&o, 0);
+			c_connect(&o, 0);
+			u8(&o, OP_ATTACH);
+			u8(&o, 0);
+			u8(&o, modes[i]);
+			c_bind(&o, 1, 0, 1);
+			u8(&o, OP_PUMP);
+			n = tcp4_syn(pkt);
+			c_packet(&o, 1, 0, 0, 0, 4, pkt, n);
+			u8(&o, OP_FLUSH);
+			u8(&o, OP_PUMP);
+			u8(&o, OP_ATTACH);
+			u8(&o, 0);
+			u8(&o, 1);
+			u8(&o, OP_TIME);
+			u16(&o, 6000);
+			u8(&o, OP_PUMP);
+			snprintf(name, sizeof(name), "attach-%02x", modes[i]);
+			save("fuzz_client", name, &o);
+		}
+	}
+
 	/* tee copies through a ring (port 9000 has a tee rule: never
 	 * paused) */
 	o.n = 0;
