@@ -225,7 +225,9 @@ static void log_stats(void)
 		 "%llu injected out, %llu injected in, %llu inject errors, "
 		 "%llu expired, %llu evicted, %llu bad writes, %llu bad checksums, "
 		 "%llu naming no interface, %llu written as new, "
-		 "%llu verdict errors, %llu kernel queue drops",
+		 "%llu verdict errors, %llu kernel queue drops, "
+		 "%llu sockets attached again, %llu writes refused while none "
+		 "ran, %llu found no divertd before this one",
 		 (unsigned long long)q->received, (unsigned long long)s->diverted,
 		 (unsigned long long)s->teed, (unsigned long long)s->noport,
 		 (unsigned long long)s->full,
@@ -240,7 +242,10 @@ static void log_stats(void)
 		 (unsigned long long)s->no_iface,
 		 (unsigned long long)s->channel_writes,
 		 (unsigned long long)q->verdict_errors,
-		 (unsigned long long)q->kernel_drops);
+		 (unsigned long long)q->kernel_drops,
+		 (unsigned long long)s->reattached,
+		 (unsigned long long)s->away_refused,
+		 (unsigned long long)daemon_lost_before());
 }
 
 static void iftable_event(struct pollable *p, uint32_t events)
