@@ -194,7 +194,8 @@ static bool debug_enabled(void)
 	const char *v;
 
 	if (on < 0) {
-		v = getenv("DIVERT_DEBUG");
+		/* not for a set-uid program: its user's stderr */
+		v = secure_getenv("DIVERT_DEBUG");
 		on = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
 		atomic_store_explicit(&debug_on, on, memory_order_relaxed);
 	}
@@ -864,7 +865,7 @@ static int ring_attach(int fd, struct divring **out, int *ringfd)
 	struct divert_wire_hdr req = {
 		.type = DW_RING, .version = DIVERT_WIRE_VERSION,
 	}, rep;
-	const char *v = getenv("DIVERT_RING");
+	const char *v = secure_getenv("DIVERT_RING");
 	size_t len = DW_RING_LEN;
 	struct divring *rg;
 	struct stat st;
@@ -1394,8 +1395,9 @@ static bool reattach_all(void)
 			ds->o.away = false;
 			ds->refused -= ra.refused;
 			watch_add_locked(ds);
-			dbg("attached again to divertd: connection %llu",
-			    (unsigned long long)conn);
+			/* (never the connection id: it is a secret) */
+			dbg("fd of port %u attached again to divertd",
+			    ds->o.port);
 		} else if (fd == -EBUSY && !ds->shut) {
 			/* a process sharing it (fork) was first */
 			ds->passive = true;
@@ -1711,8 +1713,7 @@ static int div_socket(int type)
 	}
 	socks_add(ds);
 	watch_start();
-	dbg("fd %d: divert socket, connection %llu", fd,
-	    (unsigned long long)hdr.conn);
+	dbg("fd %d: divert socket", fd);
 	errno = saved;
 	return fd;
 fail:

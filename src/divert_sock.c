@@ -109,6 +109,7 @@ struct client {
 	struct dw_ring_map *ring;	/* NULL: packets go on the socket */
 	uint8_t *rx, *tx;		/* the rings' bytes */
 	uint64_t rx_tail, tx_head;	/* our own positions in them */
+	unsigned look_ms;		/* ring_unread_held(): its next look */
 	unsigned kicks_due;		/* DW_KICKs to send at the flush (in
 					 * kicks[] while not 0): one for each
 					 * time its rx ring stopped being empty */
@@ -122,6 +123,7 @@ struct client {
 struct held {
 	struct held *cnext, *cprev;	/* the client's list */
 	struct held *gnext, *gprev;	/* all held, by deadline */
+	struct held *knext, *kprev;	/* its index bucket (held_find()) */
 	struct client *c;
 	uint64_t deadline;		/* ms, CLOCK_MONOTONIC */
 	uint64_t hash;
@@ -152,6 +154,11 @@ static uint8_t ring_pkt[DIVERT_WIRE_MAXPKT];	/* a write read out of a ring */
 
 static struct held *held_pool, *held_free;
 static struct held *gfirst, *glast;
+/* held packets by client, direction and identity: a write finds the one it
+ * answers without walking its client's thousands (each bucket in arrival
+ * order, so the first match is the oldest) */
+#define HELD_BUCKETS HELD_POOL
+static struct { struct held *first, *last; } *held_index;
 
 static uint64_t batch_now;		/* now_ms() for this batch, or 0 */
 static struct pending pending[PENDING_MAX];
@@ -179,10 +186,47 @@ static uint64_t now_ms(void)
 
 /* ---- held packets ---------------------------------------------------- */
 
+static unsigned held_bucket(const struct client *c, uint8_t dir, uint32_t key)
+{
+	uint32_t x = (uint32_t)((uintptr_t)c >> 4) * 0x9e3779b1u ^
+		     (key + dir) * 0x85ebca77u;
+
+	return (x ^ x >> 15) % HELD_BUCKETS;
+}
+
+/* Into the index, once its client, direction and identity are set. */
+static void held_index_add(struct held *h)
+{
+	unsigned b = held_bucket(h->c, h->dir, h->key);
+
+	h->knext = NULL;
+	h->kprev = held_index[b].last;
+	if (h->kprev != NULL)
+		h->kprev->knext = h;
+	else
+		held_index[b].first = h;
+	held_index[b].last = h;
+}
+
+static void held_index_del(struct held *h)
+{
+	unsigned b = held_bucket(h->c, h->dir, h->key);
+
+	if (h->kprev != NULL)
+		h->kprev->knext = h->knext;
+	else
+		held_index[b].first = h->knext;
+	if (h->knext != NULL)
+		h->knext->kprev = h->kprev;
+	else
+		held_index[b].last = h->kprev;
+}
+
 static void held_release(struct held *h)
 {
 	struct client *c = h->c;
 
+	held_index_del(h);
 	if (h->cprev)
 		h->cprev->cnext = h->cnext;
 	else
@@ -257,8 +301,9 @@ static struct held *held_find(struct client *c, uint8_t dir, uint32_t key,
 {
 	struct held *first = NULL;
 
-	for (struct held *h = c->head; h != NULL; h = h->cnext) {
-		if (h->dir != dir || h->key != key)
+	for (struct held *h = held_index[held_bucket(c, dir, key)].first;
+	     h != NULL; h = h->knext) {
+		if (h->c != c || h->dir != dir || h->key != key)
 			continue;
 		if (h->hash == hash && h->len == len)
 			return h;
@@ -292,33 +337,41 @@ static void held_reinject(struct held *h, bool out, uint16_t tag,
  * on (a shaper pacing its output) would hold its write-backs until the
  * ring empties; so while any client is in that state, the loop looks at
  * the tx rings again after RING_LOOK_MS even with nothing else to do.
+ * Each look that finds nothing doubles that client's wait, up to
+ * RING_LOOK_MAX_MS: the state is the client's to claim (its ring's count),
+ * and one that claims it forever costs a few wakeups a second, not 1,000.
  */
 #define RING_LOOK_MS 1
+#define RING_LOOK_MAX_MS 64
 
-static bool ring_unread_held(void)
+/* How soon a look at the tx rings is due, in ms; -1: none. */
+static int ring_unread_held(void)
 {
+	int t = -1;
+
 	for (unsigned i = 0; i < nclients; i++) {
 		const struct client *c = clients[i];
 
 		if (c->ring != NULL && c->nheld > 0 &&
 		    atomic_load_explicit(&c->ring->rx.count,
-					 memory_order_relaxed) > 0)
-			return true;
+					 memory_order_relaxed) > 0 &&
+		    (t < 0 || (int)c->look_ms < t))
+			t = (int)c->look_ms;
 	}
-	return false;
+	return t;
 }
 
 int divert_sock_timeout(void)
 {
 	uint64_t now;
-	int t = -1;
+	int t = -1, look = ring_unread_held();
 
 	if (gfirst != NULL) {
 		now = now_ms();
 		t = gfirst->deadline <= now ? 0 : (int)(gfirst->deadline - now);
 	}
-	if ((t < 0 || t > RING_LOOK_MS) && ring_unread_held())
-		t = RING_LOOK_MS;
+	if (look >= 0 && (t < 0 || t > look))
+		t = look;
 	return t;
 }
 
@@ -571,7 +624,8 @@ static void ring_write(struct client *c, const struct divert_wire_hdr *m,
 	client_write(c, m, ring_pkt, len);
 }
 
-/* What c wrote back into its tx ring; -1 when it broke the format. */
+/* What c wrote back into its tx ring (how many); -1 when it broke the
+ * format. */
 static int ring_drain(struct client *c)
 {
 	struct dw_ring *r = &c->ring->tx;
@@ -583,12 +637,15 @@ static int ring_drain(struct client *c)
 	const uint8_t *p;
 	int bad;
 
+	int n = 0;
+
 	while ((p = dw_ring_next(c->tx, DW_RING_TX, &c->tx_head, tail, &rec,
 				 &bad)) != NULL) {
 		m.addr = rec.addr;
 		ring_write(c, &m, p, rec.len);
 		c->tx_head += rec.size;
 		atomic_store_explicit(&r->head, c->tx_head, memory_order_release);
+		n++;
 	}
 	if (bad) {
 		stats.bad_writes++;
@@ -596,7 +653,7 @@ static int ring_drain(struct client *c)
 			    "disconnected", (int)c->pid);
 		return -1;
 	}
-	return 0;
+	return n;
 }
 
 /* ---- clients --------------------------------------------------------- */
@@ -845,6 +902,34 @@ static const struct iface *incoming_iface(const struct sockaddr_in *sin)
 	return ifc;
 }
 
+/* True when a rule of the running list names the interface. */
+static bool rules_name(const char *ifname)
+{
+	for (size_t i = 0; i < cfg->rs->n; i++)
+		for (int k = 0; k < cfg->rs->rules[i].nifaces; k++)
+			if (strcmp(cfg->rs->rules[i].ifaces[k].name, ifname) == 0)
+				return true;
+	return false;
+}
+
+/*
+ * What a member of divertd's group (-g), not root, may not do with a new
+ * packet: inject from a socket bound to no port, or make one arrive on an
+ * interface that is down, or on loopback unless a rule names it (where it
+ * would pass for the host's own traffic).  0 or the errno.  Root may do
+ * all of it, as on FreeBSD.
+ */
+static int member_limits(const struct client *c, const struct iface *in)
+{
+	if (c->root)
+		return 0;
+	if (!c->bound)
+		return EPERM;
+	if (in != NULL && (!in->up || (in->loopback && !rules_name(in->name))))
+		return EADDRNOTAVAIL;
+	return 0;
+}
+
 /* A written packet: the verdict of the held packet it answers, or new.
  * Returns 0 or the errno FreeBSD's sendto() would give (the address names
  * no interface, the route fails, ...). */
@@ -903,6 +988,10 @@ static int client_write(struct client *c, const struct divert_wire_hdr *m,
 	 * entry would cost one of them: the clash drops the later). */
 	nfqb_flush();
 	mark = mark_with_tag(cfg->ml, 0, resume);
+	if ((err = member_limits(c, out ? NULL : incoming_iface(sin))) != 0) {
+		stats.bad_writes++;
+		return err;
+	}
 	if (out) {
 		err = inject_out(pkt, len, mark);
 		if (err == 0)
@@ -1354,6 +1443,7 @@ static void listener_event(struct pollable *p, uint32_t events)
 		c->p.fd = fd;
 		c->p.handle = client_event;
 		c->ctl.fd = -1;
+		c->look_ms = RING_LOOK_MS;
 		c->root = cred.uid == 0;
 		c->pid = cred.pid;
 		client_set_rcvbuf(c, DIVERT_SOCKBUF_DEFAULT);
@@ -1442,6 +1532,7 @@ void divert_sock_packet(struct nfqb_packet *pkt, void *arg)
 		h->key = divert_wire_packet_key(pkt->data, pkt->len);
 		h->len = pkt->len;
 		h->hash = packet_hash(pkt->data, pkt->len);
+		held_index_add(h);
 	}
 	if (c->ring != NULL)
 		return;
@@ -1543,11 +1634,16 @@ void divert_sock_idle(void)
 
 		if (c->ring == NULL)
 			continue;
+		int n;
+
 		atomic_store(&c->ring->tx.wake, 1);
-		if (ring_drain(c) < 0) {
+		if ((n = ring_drain(c)) < 0) {
 			client_close(c);	/* moves the last one to i */
 			continue;
 		}
+		/* a look that found nothing: the next one waits longer */
+		c->look_ms = n > 0 ? RING_LOOK_MS : c->look_ms >= RING_LOOK_MAX_MS
+			     ? RING_LOOK_MAX_MS : c->look_ms * 2;
 		if (c->full)
 			(void)ring_wait_room(c);
 	}
@@ -1557,26 +1653,70 @@ void divert_sock_idle(void)
 
 /* ---- the listening socket -------------------------------------------- */
 
-static int make_parent_dir(const char *path)
+/*
+ * The socket's directory, made (0755) if it is missing.  divertd binds,
+ * chowns and renames a file in it as root, so it must be a real directory
+ * (not a symlink) that only root can write: one that a user can write
+ * lets that user swap the new socket for a symlink and have root hand him
+ * any file.  An O_PATH descriptor of it, with the socket's name in it in
+ * *base, or -1 with the reason logged.
+ */
+static int socket_dir(const char *path, const char **base)
 {
 	char dir[sizeof(listen_path)];
-	char *slash;
+	const char *slash = strrchr(path, '/');
+	struct stat st;
+	int dfd;
 
-	snprintf(dir, sizeof(dir), "%s", path);
-	slash = strrchr(dir, '/');
-	if (slash == NULL || slash == dir)
-		return 0;
-	*slash = '\0';
-	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+	if (slash == NULL) {
+		snprintf(dir, sizeof(dir), ".");
+		*base = path;
+	} else {
+		snprintf(dir, sizeof(dir), "%.*s", slash == path ? 1 :
+			 (int)(slash - path), path);
+		*base = slash + 1;
+	}
+	if (**base == '\0' || strcmp(*base, ".") == 0 ||
+	    strcmp(*base, "..") == 0) {
+		log_err("%s: not a socket file name", path);
 		return -1;
-	return 0;
+	}
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		log_err("cannot create the directory %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	dfd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0) {
+		log_err("the socket's directory %s: %s", dir, errno == ELOOP ||
+			errno == ENOTDIR ? "a symlink or not a directory: "
+			"refused" : strerror(errno));
+		return -1;
+	}
+	if (fstat(dfd, &st) < 0 || st.st_uid != 0 ||
+	    (st.st_mode & (S_IWGRP | S_IWOTH))) {
+		log_err("the socket's directory %s is writable by others than "
+			"root (owner %d, mode %04o): refused, since whoever can "
+			"write it could make divertd change any file", dir,
+			(int)st.st_uid, (unsigned)(st.st_mode & 07777));
+		close(dfd);
+		return -1;
+	}
+	if (fstatat(dfd, *base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    !S_ISSOCK(st.st_mode)) {
+		log_err("%s exists and is not a socket: refused", path);
+		close(dfd);
+		return -1;
+	}
+	return dfd;
 }
 
 int divert_sock_open(const struct divert_config *c)
 {
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
 	char tmp[sizeof(sun.sun_path)];
-	int fd;
+	const char *base, *tbase;
+	mode_t mask;
+	int fd, dfd, r;
 
 	cfg = c;
 	if (strlen(c->socket_path) >= sizeof(sun.sun_path) - 16) {
@@ -1584,11 +1724,12 @@ int divert_sock_open(const struct divert_config *c)
 		return -1;
 	}
 	held_pool = calloc(HELD_POOL, sizeof(*held_pool));
+	held_index = calloc(HELD_BUCKETS, sizeof(*held_index));
 	wbuf = malloc((size_t)WRITE_BATCH * WRITE_SLOT);
 	clients = calloc(c->max_clients, sizeof(*clients));
 	kicks = calloc(c->max_clients, sizeof(*kicks));
-	if (held_pool == NULL || wbuf == NULL || clients == NULL ||
-	    kicks == NULL)
+	if (held_pool == NULL || held_index == NULL || wbuf == NULL ||
+	    clients == NULL || kicks == NULL)
 		return -1;
 	for (size_t i = 0; i < HELD_POOL; i++) {
 		held_pool[i].gnext = held_free;
@@ -1604,27 +1745,33 @@ int divert_sock_open(const struct divert_config *c)
 	}
 
 	reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (make_parent_dir(c->socket_path) < 0) {
-		log_err("cannot create the directory of %s: %s", c->socket_path,
-			strerror(errno));
+	if ((dfd = socket_dir(c->socket_path, &base)) < 0)
 		return -1;
-	}
 	/* bind a temporary name and rename it into place: the socket file
-	 * appears only when it already accepts connections */
+	 * appears only when it already accepts connections.  Its mode comes
+	 * from the umask at bind (0660), its group by descriptor-relative
+	 * calls that follow no symlink. */
 	snprintf(tmp, sizeof(tmp), "%s.%d", c->socket_path, (int)getpid());
-	unlink(tmp);
+	tbase = tmp + (base - c->socket_path);
+	(void)unlinkat(dfd, tbase, 0);
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", tmp);
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 ||
-	    chown(tmp, 0, c->group == (gid_t)-1 ? 0 : c->group) < 0 ||
-	    chmod(tmp, 0660) < 0 || listen(fd, SOMAXCONN) < 0 ||
-	    rename(tmp, c->socket_path) < 0) {
+	mask = umask(0117);
+	r = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(mask);
+	if (r < 0 ||
+	    fchownat(dfd, tbase, 0, c->group == (gid_t)-1 ? 0 : c->group,
+		     AT_SYMLINK_NOFOLLOW) < 0 ||
+	    listen(fd, SOMAXCONN) < 0 ||
+	    renameat(dfd, tbase, dfd, base) < 0) {
 		log_err("cannot listen on %s: %s", c->socket_path, strerror(errno));
-		unlink(tmp);
+		(void)unlinkat(dfd, tbase, 0);
 		if (fd >= 0)
 			close(fd);
+		close(dfd);
 		return -1;
 	}
+	close(dfd);
 	snprintf(listen_path, sizeof(listen_path), "%s", c->socket_path);
 	listener.fd = fd;
 	listener.handle = listener_event;
@@ -1647,6 +1794,8 @@ void divert_sock_close(void)
 		close(reserve_fd);
 	reserve_fd = -1;
 	free(held_pool);
+	free(held_index);
+	held_index = NULL;
 	free(wbuf);
 	free(clients);
 	free(kicks);

@@ -255,6 +255,7 @@ struct iface {
 	char name[IFNAMSIZ];
 	struct in_addr first_v4;	/* INADDR_ANY when it has none */
 	bool has_v4;
+	bool up, loopback;		/* IFF_UP, IFF_LOOPBACK */
 };
 int iftable_open(void);			/* -1 on failure, errno set */
 int iftable_fd(void);

@@ -82,9 +82,12 @@ static int link_cb(const struct nlmsghdr *nlh, void *data)
 	    mnl_attr_validate(tb[IFLA_IFNAME], MNL_TYPE_NUL_STRING) < 0)
 		return MNL_CB_OK;
 	ifc = scratch_slot(ifm->ifi_index, true);
-	if (ifc != NULL)
+	if (ifc != NULL) {
 		snprintf(ifc->name, sizeof(ifc->name), "%s",
 			 mnl_attr_get_str(tb[IFLA_IFNAME]));
+		ifc->up = ifm->ifi_flags & IFF_UP;
+		ifc->loopback = ifm->ifi_flags & IFF_LOOPBACK;
+	}
 	return MNL_CB_OK;
 }
 

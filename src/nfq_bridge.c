@@ -258,6 +258,14 @@ void nfqb_pause(uint16_t num, bool pause, uint32_t keep)
 	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
 	nfq_nlmsg_cfg_put_qmaxlen(nlh, pause ? (keep > 0 ? keep : 1)
 					     : queue_maxlen);
+	/* and no fail-open while paused (-F): what a slow program cannot
+	 * take is dropped and counted, as FreeBSD drops what does not fit a
+	 * socket buffer; failing open would pass it past every later rule */
+	if (queue_flags & NFQA_CFG_F_FAIL_OPEN) {
+		mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(pause ?
+				 queue_flags & ~NFQA_CFG_F_FAIL_OPEN : queue_flags));
+		mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_FAIL_OPEN));
+	}
 	if (mnl_socket_sendto(q->nl, nlh, nlh->nlmsg_len) < 0)
 		log_limited(&rl_errors, 4, "cannot set the length of queue "
 			    "%u: %s", num, strerror(errno));

@@ -583,6 +583,9 @@ static void iftab_init(void)
 	inet_pton(AF_INET, "127.0.0.1", &iftab[0].first_v4);
 	inet_pton(AF_INET, "192.0.2.1", &iftab[1].first_v4);
 	inet_pton(AF_INET, "198.51.100.7", &iftab[3].first_v4);
+	for (size_t i = 0; i < 4; i++)
+		iftab[i].up = i != 2;		/* eth1 is down */
+	iftab[0].loopback = true;
 }
 
 const struct iface *iftable_by_index(int index)

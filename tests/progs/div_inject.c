@@ -11,7 +11,7 @@
  * owning that address or named so (sin_zero), DST may then be anywhere and
  * the packet is forwarded.  "inbad" is "in" with a wrong IP header
  * checksum (such a packet must be dropped).  The tag is 0: the whole rule
- * list applies.
+ * list applies.  DIV_BIND=PORT binds the socket to PORT first.
  * Prints "sent N".
  */
 #include <sys/types.h>
@@ -81,6 +81,13 @@ main(int argc, char *argv[])
 	s = socket(PF_DIVERT, SOCK_RAW, 0);
 	if (s == -1)
 		err(1, "socket");
+	if (getenv("DIV_BIND") != NULL) {
+		memset(&sin, 0, sizeof(sin));
+		sin.sin_family = AF_INET;
+		sin.sin_port = htons((u_short)atoi(getenv("DIV_BIND")));
+		if (bind(s, (struct sockaddr *)&sin, sizeof(sin)) == -1)
+			err(1, "bind");
+	}
 
 	memset(&sin, 0, sizeof(sin));
 	sin.sin_family = AF_INET;
