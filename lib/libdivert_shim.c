@@ -1560,7 +1560,7 @@ static bool away_wait(int fd, struct divsock_opts *o, int ms)
 	struct divsock *ds;
 	int busy, saved = errno;
 
-	clock_gettime(CLOCK_MONOTONIC, &until);
+	clock_gettime(CLOCK_REALTIME, &until);	/* the condition's clock */
 	until.tv_sec += ms / 1000;
 	until.tv_nsec += (long)(ms % 1000) * 1000000;
 	if (until.tv_nsec >= 1000000000) {

@@ -172,6 +172,13 @@ n=$(ctl stats | awk '$1 == "away_refused" { print $2 }')
 check "... counted by the next divertd (away_refused $n)" test "${n:-0}" = 1
 r=$(ask_write 3)
 check "... and once it is back, a new packet goes out again: $r" test "$r" = "write OK"
+kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
+kill -USR1 "$(child "$WP")"	# it writes, and waits: divertd comes back
+start || bad "divertd starts again (writes 2)"
+for _ in $(seq 100); do [ "$(writes)" -ge 4 ] && break; sleep 0.05; done
+r=$(sed -n '4{/^write/p}' <(grep '^write' "$TMP/w.out"))
+check "a new packet written while divertd is away goes out if it is back within the wait: $r" \
+	test "$r" = "write OK"
 kill "$(child "$WP")" 2>/dev/null; wait "$WP" 2>/dev/null
 check "the writer read 0 bytes never, and had no error ($(grep '^reads' "$TMP/w.out"))" \
 	grep -q 'zero 0 errors 0 ' "$TMP/w.out"
