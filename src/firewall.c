@@ -158,37 +158,46 @@ static int ipt_restore(int family, const char *text)
 	return spawn_run(argv, text, NULL);
 }
 
-/* Remove our chains from one family's mangle table, in one restore. */
+/* Close a stream open_memstream() made: 0 when everything written is in
+ * its buffer, -1 when memory ran out on the way (the text is incomplete). */
+static int memstream_close(FILE *f)
+{
+	bool failed = ferror(f) != 0;
+
+	return fclose(f) != 0 || failed ? -1 : 0;
+}
+
+/* Remove our chains from one family's mangle table, in one restore.  The
+ * text grows as it is written (open_memstream): a jump line is whatever a
+ * third party wrote, comments and all, of any length. */
 static void ipt_remove(int family)
 {
 	struct ipt_state st;
-	struct { char *p; size_t len; } t = { 0 };
-	size_t cap;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = NULL;
 
 	if (ipt_read(family, &st) < 0 || (st.nchains == 0 && st.njumps == 0))
 		goto out;
-	cap = strlen("*mangle\nCOMMIT\n") + 1 + st.njumps * 256 +
-	      st.nchains * 2 * 64;
-	t.p = malloc(cap);
-	if (t.p == NULL)
+	f = open_memstream(&text, &len);
+	if (f == NULL)
 		goto out;
-	t.len = (size_t)snprintf(t.p, cap, "*mangle\n");
+	fputs("*mangle\n", f);
 	for (size_t i = 0; i < st.njumps; i++)
-		t.len += (size_t)snprintf(t.p + t.len, cap - t.len, "-D %s\n",
-					  st.jumps[i]);
+		fprintf(f, "-D %s\n", st.jumps[i]);
 	for (size_t i = 0; i < st.nchains; i++)
-		t.len += (size_t)snprintf(t.p + t.len, cap - t.len, "-F %s\n",
-					  st.chains[i]);
+		fprintf(f, "-F %s\n", st.chains[i]);
 	for (size_t i = 0; i < st.nchains; i++)
-		t.len += (size_t)snprintf(t.p + t.len, cap - t.len, "-X %s\n",
-					  st.chains[i]);
-	snprintf(t.p + t.len, cap - t.len, "COMMIT\n");
-	if (ipt_restore(family, t.p) != 0)
+		fprintf(f, "-X %s\n", st.chains[i]);
+	fputs("COMMIT\n", f);
+	if (memstream_close(f) < 0)
+		goto out;
+	if (ipt_restore(family, text) != 0)
 		log_warn("%s could not remove the divertd chains",
 			 restore_cmd(family));
 out:
 	free(st.saved);
-	free(t.p);
+	free(text);
 }
 
 static bool declares(const char *text, const char *chain)
@@ -222,22 +231,22 @@ static bool has_jump(const struct ipt_state *st, const char *builtin,
 static int ipt_replace(int family, const char *text)
 {
 	struct ipt_state st;
-	size_t cap = strlen(text) + 64 * 2 * 4096 + 64;
 	char *out = NULL, *copy = NULL, *line, *next;
 	size_t len = 0;
+	FILE *f = NULL;
+	bool ok;
 	int ret = -1;
 
 	if (ipt_read(family, &st) < 0)
 		goto done;
-	out = malloc(cap);
 	copy = strdup(text);
-	if (out == NULL || copy == NULL)
+	f = open_memstream(&out, &len);	/* chain names come from the kernel */
+	if (f == NULL || copy == NULL)
 		goto done;
-	len += (size_t)snprintf(out + len, cap - len, "*mangle\n");
+	fputs("*mangle\n", f);
 	for (size_t i = 0; i < st.nchains; i++)
 		if (!declares(text, st.chains[i]))
-			len += (size_t)snprintf(out + len, cap - len,
-						":%s - [0:0]\n", st.chains[i]);
+			fprintf(f, ":%s - [0:0]\n", st.chains[i]);
 	for (line = copy; *line; line = next) {
 		char builtin[32], target[64];
 
@@ -251,17 +260,22 @@ static int ipt_replace(int family, const char *text)
 		if (sscanf(line, "-I %31s 1 -j %63s", builtin, target) == 2 &&
 		    has_jump(&st, builtin, target))
 			continue;	/* already in place */
-		len += (size_t)snprintf(out + len, cap - len, "%s\n", line);
+		fprintf(f, "%s\n", line);
 	}
 	for (size_t i = 0; i < st.nchains; i++)
 		if (!declares(text, st.chains[i]))
-			len += (size_t)snprintf(out + len, cap - len, "-X %s\n",
-						st.chains[i]);
-	snprintf(out + len, cap - len, "COMMIT\n");
+			fprintf(f, "-X %s\n", st.chains[i]);
+	fputs("COMMIT\n", f);
+	ok = memstream_close(f) == 0;
+	f = NULL;
+	if (!ok)
+		goto done;
 	ret = ipt_restore(family, out) == 0 ? 0 : -1;
 	if (ret < 0)
 		log_err("%s refused the new rules", restore_cmd(family));
 done:
+	if (f != NULL)
+		fclose(f);
 	free(st.saved);
 	free(out);
 	free(copy);
