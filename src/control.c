@@ -46,6 +46,7 @@
 struct ctl {
 	FILE *f;
 	bool json;
+	bool root;	/* the peer is root (CTL_ROOT) */
 };
 
 static int usage_error(struct ctl *c, const char *fmt, ...)
@@ -150,7 +151,9 @@ static unsigned digits(uint64_t v)
 /*
  * list [NUM...] and show [NUM...]: the rules in force as ipfw lines; show
  * puts each rule's packet and byte counts in front, in columns as wide as
- * the largest count, as ipfw show does.
+ * the largest count, as ipfw show does.  For a group member they may be up
+ * to COUNTERS_SHARED_MS old: a member cannot make the loop read the
+ * kernel's counters more often than that.
  */
 static int cmd_list(struct ctl *c, int argc, char **argv, bool counts)
 {
@@ -166,7 +169,9 @@ static int cmd_list(struct ctl *c, int argc, char **argv, bool counts)
 		goto nomem;
 	if (pick_rules(c, counts ? "show" : "list", "", argc, argv, want) != 0)
 		goto out;
-	if (counts && counters_get(cnt) < 0) {
+	/* root's counts are read now; a group member's may come from a
+	 * reading up to COUNTERS_SHARED_MS old (counters.c says why) */
+	if (counts && counters_get(cnt, c->root ? 0 : COUNTERS_SHARED_MS) < 0) {
 		fputs("show: the kernel's counters could not be read\n", c->f);
 		goto out;
 	}
@@ -564,7 +569,8 @@ static int cmd_rules(struct ctl *c, int argc, char **argv)
 
 int control_run(int argc, char **argv, unsigned flags, char **out)
 {
-	struct ctl c = { .json = (flags & DW_CTL_JSON) != 0 };
+	struct ctl c = { .json = (flags & DW_CTL_JSON) != 0,
+			 .root = (flags & CTL_ROOT) != 0 };
 	static const char *const changes[] = { "add", "delete", "flush", "zero" };
 	size_t len = 0;
 	const char *cmd;

@@ -19,9 +19,21 @@
  * So `nft list table inet divertd` or `iptables -t mangle -L -v` show what
  * the kernel counted since the rules were last put in place; divertctl
  * show is what an ipfw user expects.  Nothing here is on the packet path.
+ *
+ * Reading the kernel's counters is not cheap (iptables-save twice, or a
+ * whole listing through libnftables: a few milliseconds), and it happens
+ * inside the poll loop, where every packet waits for it.  So the last
+ * reading is kept (snap), and a caller says how old a reading it takes:
+ * root's show reads the kernel every time (exact, as ipfw show), a group
+ * member's takes the last reading while it is younger than
+ * COUNTERS_SHARED_MS, so a flood of show costs one reading per interval.
+ * zero and rule changes always read the kernel; zero keeps what it read as
+ * the reading (counts and adjustments agree), a rule change drops it (its
+ * rules are gone).
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "divertd.h"
 
@@ -32,20 +44,69 @@ struct adjust {
 static struct adjust *adj;	/* one per rule of daemon_rules(), or NULL */
 static size_t nadj;
 
+/* The kernel's counts at the last reading, one per rule of daemon_rules() */
+static struct rule_count *snap;
+static size_t nsnap;
+static uint64_t snap_ms;	/* when it was read (CLOCK_MONOTONIC); 0: none */
+
 static enum fw_backend backend(void)
 {
 	return daemon_uses_nft() ? FW_NFT : FW_IPT;
 }
 
-int counters_get(struct rule_count *c)
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void snap_drop(void)
+{
+	free(snap);
+	snap = NULL;
+	nsnap = 0;
+	snap_ms = 0;
+}
+
+/* The kernel's counts, read now or, when max_age_ms allows, the last
+ * reading; NULL when they could not be read. */
+static const struct rule_count *kernel_counts(unsigned max_age_ms)
 {
 	const struct ruleset *rs = daemon_rules();
+	uint64_t now = now_ms();
 
-	if (fw_counters(backend(), rs, c) < 0)
+	if (snap != NULL && nsnap == rs->n && snap_ms != 0 &&
+	    now - snap_ms < max_age_ms)
+		return snap;
+	if (snap == NULL || nsnap != rs->n) {
+		snap_drop();
+		snap = calloc(rs->n > 0 ? rs->n : 1, sizeof(*snap));
+		if (snap == NULL)
+			return NULL;
+		nsnap = rs->n;
+	}
+	snap_ms = 0;
+	if (fw_counters(backend(), rs, snap) < 0)
+		return NULL;
+	snap_ms = now > 0 ? now : 1;
+	return snap;
+}
+
+int counters_get(struct rule_count *c, unsigned max_age_ms)
+{
+	const struct ruleset *rs = daemon_rules();
+	const struct rule_count *k = kernel_counts(max_age_ms);
+
+	if (k == NULL)
 		return -1;
-	for (size_t i = 0; i < rs->n && i < nadj; i++) {
-		c[i].packets += (uint64_t)adj[i].packets;
-		c[i].bytes += (uint64_t)adj[i].bytes;
+	for (size_t i = 0; i < rs->n; i++) {
+		c[i] = k[i];
+		if (i < nadj) {
+			c[i].packets += (uint64_t)adj[i].packets;
+			c[i].bytes += (uint64_t)adj[i].bytes;
+		}
 	}
 	return 0;
 }
@@ -71,19 +132,16 @@ static int adj_fit(size_t n)
 int counters_zero(const bool *which)
 {
 	const struct ruleset *rs = daemon_rules();
-	struct rule_count *k = calloc(rs->n > 0 ? rs->n : 1, sizeof(*k));
+	const struct rule_count *k;
 
-	if (k == NULL || adj_fit(rs->n) < 0 || fw_counters(backend(), rs, k) < 0) {
-		free(k);
+	if (adj_fit(rs->n) < 0 || (k = kernel_counts(0)) == NULL)
 		return -1;
-	}
 	for (size_t i = 0; i < rs->n; i++) {
 		if (which != NULL && !which[i])
 			continue;
 		adj[i].packets = -(int64_t)k[i].packets;
 		adj[i].bytes = -(int64_t)k[i].bytes;
 	}
-	free(k);
 	return 0;
 }
 
@@ -92,7 +150,7 @@ struct rule_count *counters_save(void)
 	const struct ruleset *rs = daemon_rules();
 	struct rule_count *c = calloc(rs->n > 0 ? rs->n : 1, sizeof(*c));
 
-	if (c != NULL && counters_get(c) < 0) {
+	if (c != NULL && counters_get(c, 0) < 0) {
 		log_warn("the rule counters could not be read; the rules' "
 			 "counts start again from 0");
 		free(c);
@@ -126,6 +184,7 @@ void counters_carry(const struct ruleset *old, struct rule_count *saved,
 	bool *used = calloc(old->n > 0 ? old->n : 1, sizeof(*used));
 	size_t from = 0;
 
+	snap_drop();		/* of the rules before the change */
 	free(adj);
 	adj = NULL;
 	nadj = 0;
@@ -158,6 +217,7 @@ out:
 
 void counters_free(void)
 {
+	snap_drop();
 	free(adj);
 	adj = NULL;
 	nadj = 0;

@@ -456,8 +456,13 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 /* ---- counters.c ------------------------------------------------------- */
 
 /* Each running rule's counts as divertctl show prints them: c[i] for
- * daemon_rules()->rules[i].  0, or -1 when the kernel's could not be read. */
-int counters_get(struct rule_count *c);
+ * daemon_rules()->rules[i].  The kernel's counters are read now, or, when
+ * the last reading is younger than max_age_ms, taken from it (0: always
+ * read).  0, or -1 when the kernel's could not be read. */
+int counters_get(struct rule_count *c, unsigned max_age_ms);
+/* How old the counts a group member's show gets may be: a flood of show
+ * reads the kernel once in this many milliseconds at most. */
+#define COUNTERS_SHARED_MS 1000u
 /* Zero the rules marked in which (one flag per running rule; NULL: all). */
 int counters_zero(const bool *which);
 /* Around a rule change (daemon_apply()): the counts before it (malloc'd,
