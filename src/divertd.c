@@ -5,8 +5,9 @@
  * Setup order matters to clients and to traffic:
  *   1. parse the config (errors name FILE:LINE and stop us);
  *   2. refuse to run twice: nobody may already answer on our socket, and
- *      one divertd per network namespace (an abstract UNIX name, which is
- *      per namespace, is our lock; the kernel frees it when we die);
+ *      one divertd per network namespace (flock on a file of root's named
+ *      after the namespace, /run/divertd/netns-INO.lock; the kernel frees
+ *      the lock when we die);
  *   3. remove rules a crashed divertd may have left, bind the NFQUEUE
  *      queues, open the interface table and the injection sockets;
  *   4. install the rules;
@@ -19,6 +20,7 @@
  * blocked except inside epoll_pwait().
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <getopt.h>
 #include <grp.h>
@@ -31,6 +33,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <cap-ng.h>
 #include <systemd/sd-daemon.h>
 #include <sys/resource.h>
@@ -160,26 +164,139 @@ static int socket_free(const char *path)
 	return 0;
 }
 
-/* One divertd per network namespace: its rules and queues are per
- * namespace.  The abstract socket name lives as long as this process. */
-static int netns_lock(void)
+/*
+ * One divertd per network namespace: its rules and queues are per
+ * namespace.  The lock is flock() on LOCK_DIR/netns-INO.lock, INO the
+ * inode of /proc/self/ns/net, which names the namespace.  Only root may
+ * take it: the directory must be root's and writable by root alone, the
+ * file root's with no access for anyone else (flock needs only a
+ * descriptor, even a read-only one), and neither a symlink.  An abstract
+ * UNIX socket name, the lock before, could be bound first by any user,
+ * who then kept divertd from starting and a killed one's rules in place.
+ * The kernel drops the lock when we die, and the descriptor is CLOEXEC,
+ * so no tool we run keeps it.  0, or -1 with the reason logged.
+ */
+#define LOCK_DIR "/run/divertd"
+
+static struct {
+	int fd;				/* held for our whole life */
+	char name[48];			/* in LOCK_DIR */
+} nslock = { -1, "" };
+
+/* LOCK_DIR, made (0755) if missing, if it is safe: a descriptor of it */
+static int lock_dir(void)
 {
-	static const char name[] = "\0divertd-netns-lock";
-	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	bool made = mkdir(LOCK_DIR, 0700) == 0;
+	struct stat st;
+	int dfd;
+
+	if (!made && errno != EEXIST) {
+		log_err("cannot create %s for the lock: %s", LOCK_DIR,
+			strerror(errno));
+		return -1;
+	}
+	dfd = open(LOCK_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (dfd < 0) {
+		log_err("%s, where the lock is: %s", LOCK_DIR, errno == ELOOP ||
+			errno == ENOTDIR ? "a symlink or not a directory: "
+			"refused" : strerror(errno));
+		return -1;
+	}
+	if (made)		/* what the socket needs there, whatever the umask */
+		(void)fchmod(dfd, 0755);
+	if (fstat(dfd, &st) < 0 || st.st_uid != 0 ||
+	    (st.st_mode & (S_IWGRP | S_IWOTH))) {
+		log_err("%s, where the lock is, is writable by others than "
+			"root (owner %d, mode %04o): refused, since whoever can "
+			"write it could take the lock and keep divertd from "
+			"starting", LOCK_DIR, (int)st.st_uid,
+			(unsigned)(st.st_mode & 07777));
+		close(dfd);
+		return -1;
+	}
+	return dfd;
+}
+
+/* Open and lock name in dfd: the descriptor, -1 when another holds it
+ * or on an error (logged), -2 when the file changed under us (retry). */
+static int lock_file(int dfd, const char *name)
+{
+	struct stat st, now;
 	int fd;
 
-	memcpy(sun.sun_path, name, sizeof(name) - 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	fd = openat(dfd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		log_err("%s/%s: %s", LOCK_DIR, name, errno == ELOOP ?
+			"a symlink: refused" : strerror(errno));
 		return -1;
-	if (bind(fd, (struct sockaddr *)&sun,
-		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
-			     sizeof(name) - 1)) < 0) {
-		log_err("another divertd runs in this network namespace");
+	}
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_uid != 0 ||
+	    (st.st_mode & 077)) {
+		log_err("%s/%s is not root's alone (owner %d, mode %04o): "
+			"refused, since whoever can open it could take the lock",
+			LOCK_DIR, name, (int)st.st_uid,
+			(unsigned)(st.st_mode & 07777));
 		close(fd);
 		return -1;
 	}
-	return fd;	/* kept open until exit */
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EWOULDBLOCK)
+			log_err("another divertd runs in this network namespace "
+				"(it holds %s/%s)", LOCK_DIR, name);
+		else
+			log_err("cannot lock %s/%s: %s", LOCK_DIR, name,
+				strerror(errno));
+		close(fd);
+		return -1;
+	}
+	/* a divertd that exited removed the file after we opened it: the
+	 * lock that counts is on the file in place now */
+	if (fstatat(dfd, name, &now, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    now.st_dev != st.st_dev || now.st_ino != st.st_ino) {
+		close(fd);
+		return -2;
+	}
+	return fd;
+}
+
+static int netns_lock(void)
+{
+	struct stat ns;
+	int dfd, fd = -2;
+
+	if (stat("/proc/self/ns/net", &ns) < 0) {
+		log_err("cannot tell this network namespace from others "
+			"(/proc/self/ns/net): %s", strerror(errno));
+		return -1;
+	}
+	snprintf(nslock.name, sizeof(nslock.name), "netns-%ju.lock",
+		 (uintmax_t)ns.st_ino);
+	if ((dfd = lock_dir()) < 0)
+		return -1;
+	for (int tries = 0; tries < 8 && fd == -2; tries++)
+		fd = lock_file(dfd, nslock.name);
+	close(dfd);
+	if (fd == -2)
+		log_err("cannot lock %s/%s: it is removed again and again",
+			LOCK_DIR, nslock.name);
+	if (fd < 0)
+		return -1;
+	nslock.fd = fd;
+	return 0;
+}
+
+/* At exit, once the rules are gone: remove the lock file (when we still
+ * may: not as the user of -u), then let go of the lock. */
+static void netns_unlock(void)
+{
+	char path[sizeof(LOCK_DIR) + sizeof(nslock.name)];
+
+	if (nslock.fd < 0)
+		return;
+	snprintf(path, sizeof(path), "%s/%s", LOCK_DIR, nslock.name);
+	(void)unlink(path);
+	close(nslock.fd);
+	nslock.fd = -1;
 }
 
 /* Every client is a descriptor: take the hard limit, not the soft 1024. */
@@ -642,6 +759,7 @@ out_close:
 	inject_close();
 	iftable_close();
 out_rules:
+	netns_unlock();
 	fw_close();
 	counters_free();
 	ruleset_free(&rs);
