@@ -143,8 +143,11 @@ done
 # by the rules the killed one left, and told by the next (no_divertd)
 check "the stream went on: $recv of $sent pings answered across 4 restarts" \
 	test "$recv" -ge $((sent * 3 / 4))
-check "every ping lost was counted: $((sent - recv)) lost, $counted counted (no_divertd, no_socket)" \
-	test $((sent - recv)) = "$counted"
+# (but one a SIGKILL may catch inside divertd: the kernel drops what the
+# killed one had read and not yet answered with its queue, uncounted)
+lost=$((sent - recv))
+check "every ping lost was counted: $lost lost, $counted counted (no_divertd, no_socket), at most one in divertd at each of the 3 SIGKILLs" \
+	test "$counted" -le "$lost" -a $((lost - counted)) -le 3
 n=$(ctl stats | awk '$1 == "reattached" { print $2 }')
 check "divertctl stats counts the 4 sockets attached again to this divertd, as each was before ($n)" \
 	test "${n:-0}" -ge 4
