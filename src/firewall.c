@@ -290,20 +290,61 @@ void fw_remove(void)
 	ipt_remove(6);
 }
 
+/* "delete chain inet divertd NAME" for each chain of our table that no
+ * hook calls (the ones rules jump to); "" when there is no table; NULL
+ * when it cannot be read. */
+static char *nft_jump_chains(void)
+{
+	json_t *root, *items, *item;
+	const char *out;
+	char *text = NULL;
+	size_t len = 0, i;
+	FILE *f;
+
+	if (nft_cmd("list table inet divertd\n", false, true, true, &out) < 0)
+		return strdup("");	/* none yet */
+	if ((root = json_loads(out, 0, NULL)) == NULL)
+		return NULL;
+	if ((f = open_memstream(&text, &len)) == NULL) {
+		json_decref(root);
+		return NULL;
+	}
+	items = json_object_get(root, "nftables");
+	json_array_foreach(items, i, item) {
+		json_t *chain = json_object_get(item, "chain");
+		const char *name = json_string_value(json_object_get(chain, "name"));
+
+		if (name != NULL && json_object_get(chain, "hook") == NULL)
+			fprintf(f, "delete chain inet divertd %s\n", name);
+	}
+	json_decref(root);
+	if (ferror(f) | fclose(f)) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
 int fw_replace(enum fw_backend b, const struct ruleset *rs,
 	       const struct mark_layout *ml)
 {
 	int ret = -1;
 
 	if (b == FW_NFT) {
-		/* one transaction: the old table goes as the new one comes */
-		char *table = rules_nft_text(rs, ml), *text = NULL;
+		/* one transaction in which the base chains stay: every rule
+		 * goes, the chains they jump to go, the new ones come.
+		 * Deleting the table would unregister its hooks, and the
+		 * kernel drops every packet queued on a hook that goes,
+		 * those the programs hold included */
+		char *table = rules_nft_text(rs, ml), *dels = nft_jump_chains();
+		char *text = NULL;
 
-		if (table != NULL &&
+		if (table != NULL && dels != NULL &&
 		    asprintf(&text, "add table inet divertd\n"
-			     "delete table inet divertd\n%s", table) >= 0)
+			     "flush table inet divertd\n%s%s", dels, table) >= 0)
 			ret = nft_run(text, false, false);
 		free(table);
+		free(dels);
 		free(text);
 		return ret;
 	}
