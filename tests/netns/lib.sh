@@ -104,10 +104,12 @@ wait_exit() {
 	return 1
 }
 
-# start_divertd NS CONFIG SOCKET: runs divertd in NS, waits for its socket
+# start_divertd NS CONFIG SOCKET [ARGS...]: runs divertd in NS (with
+# ARGS), waits for its socket
 start_divertd() {
 	local ns=$1 conf=$2 sock=$3
-	ip netns exec "$ns" "$DIVERTD" -d -f "$conf" -s "$sock" \
+	shift 3
+	ip netns exec "$ns" "$DIVERTD" -d -f "$conf" -s "$sock" "$@" \
 		>"$TMP/divertd-$ns.log" 2>&1 &
 	PIDS+=($!)
 	DIVERTD_PID=$!
