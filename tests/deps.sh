@@ -4,7 +4,8 @@
 set -eu
 PKGS="build-essential cmake pkg-config libnetfilter-queue-dev libmnl-dev
 libnfnetlink-dev libnftables-dev libxxhash-dev libsystemd-dev libjansson-dev libcap-ng-dev clang libclang-rt-14-dev nftables iptables iproute2
-libcmocka-dev iputils-ping procps python3-scapy libdaq2 libdaq-dev"
+libcmocka-dev iputils-ping procps python3-scapy libdaq2 libdaq-dev
+qemu-system-x86 busybox-static"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
