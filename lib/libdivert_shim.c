@@ -1798,7 +1798,8 @@ static int div_bind(int fd, const struct sockaddr *addr, socklen_t len)
  * One packet into msg's iovecs, its divert address into msg_name.  Messages
  * other than DW_PACKET (the daemon sends none after the welcome) are
  * skipped.  Returns the packet length (the full one with MSG_TRUNC), 0 when
- * the daemon has gone (a peer closing, as a datagram socket sees it; *eof
+ * the socket was shut down for reading (shutdown(SHUT_RD): divertd going
+ * away never ends it, the shim holds the pair's other end; *eof
  * then says so, as a packet read into no buffer returns 0 too), or -1 with
  * errno as the kernel gave it.
  */
@@ -1953,7 +1954,7 @@ static int div_recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
 		if (n < 0 || (eof && i > 0))
 			break;
 		vec[i].msg_len = (unsigned int)n;
-		if (eof) {		/* the daemon has gone: one empty read */
+		if (eof) {		/* shut down for reading: one empty read */
 			i++;
 			break;
 		}
