@@ -97,7 +97,8 @@
 #define SHIM_SOCK_TYPE_MASK 0xf		/* the kernel's SOCK_TYPE_MASK */
 #define SHIM_TIMEOUT_MS 5000		/* connect, welcome, bind reply */
 #define SHIM_RETRY_MS 50		/* divertd gone: tries to reach it */
-#define SHIM_AWAY_WAIT_MS 1000		/* divertd gone: a new packet waits */
+#define SHIM_AWAY_WAIT_MS 1000		/* divertd gone: a new packet waits, */
+#define SHIM_AWAY_WAIT_MAX 60000	/* ... or DIVERT_WAIT ms, up to this */
 #define SHIM_IOV_MAX 64			/* caller iovecs per packet */
 #define SHIM_READS 1024			/* reads remembered per socket */
 
@@ -200,6 +201,32 @@ static bool debug_enabled(void)
 		atomic_store_explicit(&debug_on, on, memory_order_relaxed);
 	}
 	return on;
+}
+
+/* How long a new packet written while divertd is away waits for the
+ * next one: DIVERT_WAIT milliseconds (0 to SHIM_AWAY_WAIT_MAX), else
+ * SHIM_AWAY_WAIT_MS; for hosts where divertd takes longer to start. */
+static int away_wait_ms(void)
+{
+	static atomic_int ms = -1;
+	int v = atomic_load_explicit(&ms, memory_order_relaxed);
+	const char *s;
+	char *end;
+	long n;
+
+	if (v < 0) {
+		s = secure_getenv("DIVERT_WAIT");
+		v = SHIM_AWAY_WAIT_MS;
+		if (s != NULL && *s != '\0') {
+			errno = 0;
+			n = strtol(s, &end, 10);
+			if (errno == 0 && *end == '\0' && n >= 0 &&
+			    n <= SHIM_AWAY_WAIT_MAX)
+				v = (int)n;
+		}
+		atomic_store_explicit(&ms, v, memory_order_relaxed);
+	}
+	return v;
 }
 
 __attribute__((format(printf, 1, 2)))
@@ -1187,7 +1214,7 @@ static int daemon_bind(const struct sockaddr_un *sun, socklen_t sunlen,
  * restarts), the socket is "away": its fd goes quiet (the pair lives on),
  * reads wait as for any packet, a write-back goes into the ring or the
  * pair for the next divertd (ENOBUFS when they are full), a new packet
- * waits for the next divertd at most SHIM_AWAY_WAIT_MS (then ENOBUFS).
+ * waits for the next divertd at most away_wait_ms() (then ENOBUFS).
  * The watcher tries to reach divertd's socket when a file appears in its
  * directory (divertd renames it into place once ready), and every
  * SHIM_RETRY_MS in case it missed one; once one answers, it attaches the pair and the ring (which both keep what
@@ -2181,7 +2208,7 @@ static ssize_t div_sendmsg(int fd, const struct divsock_opts *o,
 			return set_errno(EBADF);
 		/* divertd restarting: wait for the next one, a little */
 		if (now.away && !away_wait(fd, &now, write_nonblocking(fd, flags)
-					   ? 0 : SHIM_AWAY_WAIT_MS)) {
+					   ? 0 : away_wait_ms())) {
 			away_refused(fd);
 			return set_errno(ENOBUFS);
 		}

@@ -674,7 +674,8 @@ int main(int argc, char **argv)
 		log_warn("%" PRIu64 " packets found no divertd since the last "
 			 "one ended (dropped, or with -F passed)",
 			 running.lost_before);
-	fw_remove();
+	/* the dead one's rules stay until fw_install() replaces them: what
+	 * they send meanwhile waits in our queues instead of passing */
 	if (iftable_open() < 0 || inject_open() < 0)
 		goto out_close;
 	if_p.fd = iftable_fd();

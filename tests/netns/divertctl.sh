@@ -4,7 +4,8 @@
 # reach a divert program only while a rule sends them there) and leave the
 # config file alone (SIGHUP puts it back); a bad rule is refused with the
 # parser's message and changes nothing; stats move with traffic; sockets
-# names the bound program; rules --iptables is what the kernel holds; show
+# names the bound program; rules is what the kernel holds (with the
+# backend divertd picked: nftables where nft queue exists); show
 # counts each rule's packets and bytes as ipfw show does, zero clears them,
 # rule changes keep them; -j is JSON with the same numbers; add/delete
 # under a steady stream lose no
@@ -14,6 +15,11 @@ need_root
 DCTL=$BUILD/divertctl
 
 netns_add H host && netns_add P peer || { bad "create namespaces"; summary; exit 1; }
+# IPv4 only: fresh veths send IPv6 autoconfiguration packets for seconds,
+# which the counting rules below would see between two reads
+for ns in "$H" "$P"; do
+	ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+done
 link "$H" eth0 192.0.2.1/24 "$P" eth0 192.0.2.2/24
 SOCK=$TMP/divertd.sock
 CONF=$TMP/divertd.conf
@@ -36,11 +42,20 @@ stat() {
 	fi
 }
 is_json() { /usr/bin/python3 -c 'import json,sys; json.load(sys.stdin)'; }
-mangle() { ip netns exec "$H" iptables-save -t mangle | grep -v '^#'; }
+# mangle: what the kernel holds of ours (either backend), counters aside
+mangle() { fw_rules "$H" | sed -E 's/counter packets [0-9]+ bytes [0-9]+/counter/'; }
+# kernel_count LABEL: the packets the kernel counted for one rule line of
+# ours ("rule 150 #1"), from iptables-save -c or nft's counter
+kernel_count() {
+	{ ip netns exec "$H" iptables-save -c -t mangle
+	  ip netns exec "$H" ip6tables-save -c -t mangle
+	} 2>/dev/null | grep -F -- "--comment \"$1\"" | sed 's/^\[\([0-9]*\):.*/\1/'
+	ip netns exec "$H" nft list table inet divertd 2>/dev/null |
+		grep -F "comment \"$1\"" | sed -n 's/.*counter packets \([0-9]*\) .*/\1/p'
+}
 
 printf '100 count ip from any to any\n200 allow tcp from any to me 22 in\n' >"$CONF"
-# the iptables backend, so that iptables-save shows what divertd installed
-ip netns exec "$H" "$DIVERTD" -d -b iptables -f "$CONF" -s "$SOCK" \
+ip netns exec "$H" "$DIVERTD" -d -f "$CONF" -s "$SOCK" \
 	>"$TMP/divertd.log" 2>&1 &
 DIVERTD_PID=$!; PIDS+=($!)
 for _ in $(seq 200); do
@@ -48,6 +63,8 @@ for _ in $(seq 200); do
 	sleep 0.05
 done
 [ -e "$SOCK" ] || { bad "divertd starts"; sed 's/^/# /' "$TMP/divertd.log"; summary; exit 1; }
+BACKEND=$(ctl stats | awk '$1 == "backend" { print $2 }')
+echo "# divertd picked the $BACKEND backend"
 
 # --- list
 out=$(ctl list); rc=$?
@@ -80,8 +97,8 @@ n=$(pings 5)
 d1=$(stat diverted); r1=$(stat reinjected_in); q1=$(stat received)
 check "stats: 5 pings diverted ($d0 -> $d1), re-injected in ($r0 -> $r1), received ($q0 -> $q1)" \
 	test "$n/$((d1 - d0))/$((r1 - r0))/$((q1 - q0))" = "5/5/5/5"
-check "stats -j: JSON, same numbers (diverted $d1, reinjected_in $r1, backend iptables)" \
-	test "$(stat diverted -j)/$(stat reinjected_in -j)/$(stat backend -j)" = "$d1/$r1/iptables"
+check "stats -j: JSON, same numbers (diverted $d1, reinjected_in $r1, backend $BACKEND)" \
+	test "$(stat diverted -j)/$(stat reinjected_in -j)/$(stat backend -j)" = "$d1/$r1/$BACKEND"
 ctl -j stats | is_json
 check "stats -j parses as JSON" test $? -eq 0
 
@@ -101,11 +118,22 @@ j=$(ctl -j list | /usr/bin/python3 -c 'import json,sys
 print("\n".join(r["rule"] for r in json.load(sys.stdin)))')
 check "list -j: each entry carries the list line" test "$j" = "$(ctl list)"
 
-# --- rules --iptables is what the kernel holds
-gen=$(ctl rules --iptables | sed -n '/^# iptables:/,/^# ip6tables:/p' | grep -E '^-A divertd-in(-150)? ')
-have=$(mangle | grep -E '^-A divertd-in(-150)? ')
-check "rules --iptables: chains divertd-in and divertd-in-150 as iptables-save shows them ($(echo "$gen" | wc -l) lines)" \
-	test -n "$gen" -a "$gen" = "$have"
+# --- rules is what the kernel holds
+if [ "$BACKEND" = iptables ]; then
+	gen=$(ctl rules --iptables | sed -n '/^# iptables:/,/^# ip6tables:/p' | grep -E '^-A divertd-in(-150)? ')
+	have=$(ip netns exec "$H" iptables-save -t mangle | grep -E '^-A divertd-in(-150)? ')
+	check "rules --iptables: chains divertd-in and divertd-in-150 as iptables-save shows them ($(echo "$gen" | wc -l) lines)" \
+		test -n "$gen" -a "$gen" = "$have"
+else
+	# nft prints what it was given in its own words; the chains, and
+	# what each line is (its comment), are the same
+	# (in an order of its own: chains a reload added come last)
+	gen=$(ctl rules --nft | grep -oE 'chain [a-z_0-9]+|comment "[^"]*"' | sort)
+	have=$(mangle | grep -oE 'chain [a-z_0-9]+|comment "[^"]*"' | sort)
+	check "rules --nft: the chains and rule lines nft list shows ($(echo "$gen" | grep -c comment) lines, in_150 among them)" \
+		test -n "$gen" -a "$gen" = "$have" -a -n "$(grep 'chain in_150' <<<"$have")"
+	[ "$gen" = "$have" ] || diff <(echo "$gen") <(echo "$have") | sed 's/^/# /'
+fi
 gen=$(ctl rules --nft); rc=$?
 check "rules --nft: the nftables table" \
 	bash -c "[ $rc = 0 ] && grep -q '^table inet divertd' <<<'$gen' && grep -q 'queue num 8668' <<<'$gen'"
@@ -206,15 +234,15 @@ err=$(ctl show 12x 2>&1); rc=$?
 check "show of a word that is no number: exit 1 ($err)" \
 	test "$rc/$err" = "1/divertctl: show: '12x' is not a rule number (1..65534)"
 pings 1 >/dev/null
-pk=$(ip netns exec "$H" iptables-save -c -t mangle | grep -F -- '--comment "rule 150 #1"' | sed 's/^\[\([0-9]*\):.*/\1/' | awk '{ n += $1 } END { print n + 0 }')
-check "the kernel's counters name the rule and count since the last change: iptables-save -c has 1 for \"rule 150 #1\" ($pk), show 3 ($(counts 150))" \
+pk=$(kernel_count "rule 150 #1" | awk '{ n += $1 } END { print n + 0 }')
+check "the kernel's counters name the rule and count since the last change: $BACKEND has 1 for \"rule 150 #1\" ($pk), show 3 ($(counts 150))" \
 	test "$pk/$(counts 150)" = "1/3/252"
 
 # --- flush, then SIGHUP puts the file's rules back
 out=$(ctl flush); rc=$?
 check "flush: exit 0, the list is empty" test "$rc/$(ctl list)" = "0/"
-check "... our chains hold no rule any more" \
-	bash -c "! ip netns exec '$H' iptables-save -t mangle | grep -Eq '^:divertd-in-[0-9]'"
+no_rules() { ! mangle | grep -Eq '^:divertd-in-[0-9]|chain in_[0-9]|rule [0-9]+ #'; }
+check "... our chains hold no rule any more" no_rules
 before=$(echoed)
 n=$(pings 2)
 check "... pings answered without the program (2 answered, seen $before -> $(echoed))" \

@@ -125,6 +125,17 @@ start_divertd() {
 	return 1
 }
 
+# fw_rules NS: what divertd installed in NS, whichever backend it picked:
+# the divertd lines of iptables-save (IPv4 and IPv6 mangle) and the nft
+# table inet divertd (chains in_N, out_N; the iptables backend has only
+# the lost_* chains there)
+fw_rules() {
+	ip netns exec "$1" iptables-save -t mangle 2>/dev/null | grep divertd
+	ip netns exec "$1" ip6tables-save -t mangle 2>/dev/null | grep divertd
+	ip netns exec "$1" nft list table inet divertd 2>/dev/null
+	return 0
+}
+
 # stop_divertd: SIGTERM, and the daemon must exit 0 by itself
 stop_divertd() {
 	kill -TERM "$DIVERTD_PID" 2>/dev/null

@@ -9,7 +9,8 @@
 #     traffic flowing through all four again within 1 s of its readiness;
 #   - every ping lost is counted: no_divertd (while none ran), no_socket
 #     (before its program was bound again);
-#   - a new packet written while divertd is away waits for it 1 s, then
+#   - a new packet written while divertd is away waits for it 1 s (or
+#     DIVERT_WAIT ms: three times divertd's start where that is longer), then
 #     fails with ENOBUFS and is counted (away_refused).
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -28,7 +29,15 @@ CONF
 ctl() { "$DCTL" -s "$SOCK" "$@"; }
 held() { ctl sockets 2>/dev/null | awk -v p="$1" '$1 == p { print $4 }'; }
 child() { pgrep -P "$1" | head -1; }
-start() { start_divertd "$H" "$TMP/d.conf" "$SOCK"; }
+# start: divertd, and the longest it took from exec to ready (START_MS)
+START_MS=0
+start() {
+	local t0=$(date +%s%N) rc
+	start_divertd "$H" "$TMP/d.conf" "$SOCK"; rc=$?
+	local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+	[ "$ms" -gt "$START_MS" ] && START_MS=$ms
+	return $rc
+}
 ip netns exec "$P" ping -n -q -c 1 -W 1 192.0.2.1 >/dev/null	# neighbours known
 start || { bad "divertd starts"; summary; exit 1; }
 
@@ -107,21 +116,27 @@ nodivertd() { ctl stats | awk '$1 == "no_divertd" { print $2 }'; }
 # diverted to a port before its program had bound it again
 nosocket() { ctl stats | awk '$1 == "no_socket" { s += $2 } END { print s + 0 }'; }
 counted=0
+AWAY_MS=0	# how long no divertd ran, from each kill to the next ready
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 for k in 1 2 3; do
 	counted=$((counted + $(nosocket)))
+	t0=$(now_ms)
 	kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
 	sleep 0.3		# the programs wait without divertd
 	start || bad "divertd starts again ($k)"
+	AWAY_MS=$((AWAY_MS + $(now_ms) - t0))
 	mark_all
 	n=$(nodivertd); counted=$((counted + ${n:-0}))
 	echo "# divertd $k: $n pings found no divertd while it was away"
 	check "SIGKILL $k: within 1 s of the new divertd's readiness all four programs read again" flowing
 done
 counted=$((counted + $(nosocket)))
+t0=$(now_ms)
 kill -TERM "$DIVERTD_PID"; wait "$DIVERTD_PID"; rc=$?
 check "SIGTERM: divertd exits 0 ($rc)" test "$rc" = 0
 sleep 0.3		# no rules: the pings pass untouched
 start || bad "divertd starts again (after SIGTERM)"
+AWAY_MS=$((AWAY_MS + $(now_ms) - t0))
 mark_all
 n=$(nodivertd)
 check "after SIGTERM the rules were gone: no ping found a divertd missing ($n)" test "$n" = 0
@@ -141,8 +156,12 @@ for p in 8669 8670 8671 8672; do
 done
 # what was lost: the pings that found no divertd, each dropped and counted
 # by the rules the killed one left, and told by the next (no_divertd)
-check "the stream went on: $recv of $sent pings answered across 4 restarts" \
-	test "$recv" -ge $((sent * 3 / 4))
+# the stream went on: at most the pings sent while no divertd ran (one
+# each 50 ms) are lost, and those of the second each program may take to
+# read again after each restart
+most=$((AWAY_MS / 50 + 4 * 20))
+check "the stream went on: $recv of $sent pings answered across 4 restarts, no more lost than those sent in the $AWAY_MS ms without divertd and 1 s after each restart ($most)" \
+	test $((sent - recv)) -le "$most"
 # (but one a SIGKILL may catch inside divertd: the kernel drops what the
 # killed one had read and not yet answered with its queue, uncounted)
 lost=$((sent - recv))
@@ -152,16 +171,20 @@ n=$(ctl stats | awk '$1 == "reattached" { print $2 }')
 check "divertctl stats counts the 4 sockets attached again to this divertd, as each was before ($n)" \
 	test "${n:-0}" -ge 4
 
-# --- a new packet written while divertd is away: it waits 1 s for the
-# next one, then ENOBUFS (FreeBSD's errno for a full buffer), counted
+# --- a new packet written while divertd is away: it waits for the next
+# one (1 s, or DIVERT_WAIT ms), then ENOBUFS (FreeBSD's errno for a full
+# buffer), counted.  Where divertd takes longer than 1 s to start (an
+# emulated VM) the wait is three times its longest start here.
+WAIT=$(( START_MS * 3 > 1000 ? START_MS * 3 : 1000 ))
+echo "# divertd took at most $START_MS ms to start; the shim waits $WAIT ms"
 rm -f "$TMP/w.ready"
-divert_prog "$H" "$SOCK" div_select -w 192.0.2.2 -t 60 8668 "$TMP/w.ready" >"$TMP/w.out" 2>&1 &
+DIVERT_WAIT=$WAIT divert_prog "$H" "$SOCK" div_select -w 192.0.2.2 -t 90 8668 "$TMP/w.ready" >"$TMP/w.out" 2>&1 &
 WP=$!; PIDS+=($WP)
 wait_for "$TMP/w.ready" 5
 writes() { grep -c '^write' "$TMP/w.out"; }
 ask_write() { # ask_write N: SIGUSR1, then wait for the Nth write line
 	kill -USR1 "$(child "$WP")"
-	for _ in $(seq 100); do [ "$(writes)" -ge "$1" ] && break; sleep 0.05; done
+	for _ in $(seq $(( (WAIT + 5000) / 50 ))); do [ "$(writes)" -ge "$1" ] && break; sleep 0.05; done
 	sed -n "$1{/^write/p}" <(grep '^write' "$TMP/w.out")
 }
 r=$(ask_write 1)
@@ -178,7 +201,7 @@ check "... and once it is back, a new packet goes out again: $r" test "$r" = "wr
 kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
 kill -USR1 "$(child "$WP")"	# it writes, and waits: divertd comes back
 start || bad "divertd starts again (writes 2)"
-for _ in $(seq 100); do [ "$(writes)" -ge 4 ] && break; sleep 0.05; done
+for _ in $(seq $(( (WAIT + 5000) / 50 ))); do [ "$(writes)" -ge 4 ] && break; sleep 0.05; done
 r=$(sed -n '4{/^write/p}' <(grep '^write' "$TMP/w.out"))
 check "a new packet written while divertd is away goes out if it is back within the wait: $r" \
 	test "$r" = "write OK"

@@ -57,20 +57,36 @@ received=$(awk '/packets transmitted/ { print $4 }' "$TMP/ping.out")
 check "reload x6 under a steady stream: all 400 pings answered ($received received)" test "$received" = 400
 check "notify: RELOADING=1 then READY=1 around each reload" \
 	test "$(grep -c 'RELOADING=1' "$MSGS")" -ge 6 -a "$(grep -c '^READY=1' "$MSGS")" -ge 7
-check "the new rules are in place (rule 300 counts, queue 9000 unbound again)" \
-	bash -c "ip netns exec '$H' iptables-save -t mangle | grep -q '^:divertd-in-300 ' &&
-		 ! ip netns exec '$H' iptables-save -t mangle | grep -q 'queue-num 9000' &&
-		 ! ip netns exec '$H' awk '\$1 == 9000' /proc/net/netfilter/nfnetlink_queue | grep -q ."
+# what the rules of either backend show: rule N's chain, queue N, the
+# jump into rule 100's chain from the input hook; the rules counters aside
+has_chain() { fw_rules "$H" | grep -Eq "^:divertd-in-$1 |chain in_$1 \{"; }
+has_queue() { # nft lists "queue num N bypass" as "queue flags bypass to N"
+	fw_rules "$H" | grep -Eq "queue-num $1 |queue (num|(flags [a-z,]+ )?to) $1( |$)"
+}
+jumps_in() { # (IPv4's; nft's inet table has one for both)
+	{ ip netns exec "$H" iptables-save -t mangle
+	  ip netns exec "$H" nft list table inet divertd 2>/dev/null
+	} | grep -Ec -- '^-A PREROUTING -j divertd-in|jump in_100$'
+}
+rules_now() { fw_rules "$H" | sed -E 's/^\[[0-9]+:[0-9]+\] //; s/counter packets [0-9]+ bytes [0-9]+/counter/'; }
+new_rules() {
+	has_chain 300 && ! has_queue 9000 &&
+		! ip netns exec "$H" awk '$1 == 9000' /proc/net/netfilter/nfnetlink_queue | grep -q .
+}
+check "the new rules are in place (rule 300 counts, queue 9000 unbound again)" new_rules
 
 # a config with an error is refused, the running rules stay
-before=$(ip netns exec "$H" iptables-save -t mangle | grep -c divertd)
+rules_now >"$TMP/rules.before"
+kept_rules() {
+	grep -q "reload refused, the running rules stay: $CONF:2:" "$TMP/divertd.log" &&
+		has_queue 8668 && rules_now | cmp -s - "$TMP/rules.before"
+}
 printf '100 divert 8668 icmp from any to any in icmptypes 8\n200 divrt 1 ip from any to any\n' >"$CONF"
 kill -HUP "$DIVERTD_PID"
 check "a bad config on reload: READY=1 with the error as STATUS" \
 	wait_msg "READY=1;STATUS=reload refused: $CONF:2: unknown action" 10
-check "... logged with FILE:LINE, and the running rules stay" \
-	bash -c "grep -q 'reload refused, the running rules stay: $CONF:2:' '$TMP/divertd.log' &&
-		 [ \$(ip netns exec '$H' iptables-save -t mangle | grep -c divertd) = $before ]"
+check "... logged with FILE:LINE, and the running rules stay" kept_rules
+rules_now | diff "$TMP/rules.before" - | sed 's/^/# /'
 ip netns exec "$P" ping -n -c 1 -W 2 192.0.2.1 >/dev/null
 check "... and still divert (ping through the program)" test $? -eq 0
 
@@ -85,14 +101,13 @@ check "notify: STOPPING=1" wait_msg "STOPPING=1" 5
 printf '100 divert 8668 icmp from any to any in icmptypes 8\n' >"$CONF"
 if start_divertd "$H" "$CONF" "$SOCK"; then
 	kill -KILL "$DIVERTD_PID"; wait "$DIVERTD_PID" 2>/dev/null
-	check "after SIGKILL the rules are still there" \
-		bash -c "ip netns exec '$H' iptables-save -t mangle | grep -q '^:divertd-in '"
+	check "after SIGKILL the rules are still there" test "$(jumps_in)" = 1
 	ip netns exec "$P" ping -n -c 1 -W 1 192.0.2.1 >/dev/null
 	check "... and traffic they divert is dropped (no listener on the queue), as with no socket bound" test $? -ne 0
 	ip netns exec "$P" ping -6 -n -c 1 -W 1 2001:db8::1 >/dev/null 2>&1 || true
 	if start_divertd "$H" "$CONF" "$SOCK"; then
 		check "the next start clears what the dead one left: one jump into our chains" \
-			test "$(ip netns exec "$H" iptables-save -t mangle | grep -c -- '-A PREROUTING -j divertd-in')" = 1
+			test "$(jumps_in)" = 1
 		divert_prog "$H" "$SOCK" div_echo 8668 1 3 "$TMP/after.ready" >"$TMP/after.out" 2>&1 &
 		ap=$!; PIDS+=($ap)
 		wait_for "$TMP/after.ready" 5

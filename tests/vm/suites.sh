@@ -3,7 +3,7 @@
 # VM of its own (tests/vm/run.sh), and the golden nft files loaded there
 # with their queue statements (tests/vm/golden-nft.sh).
 #
-#   tests/vm/suites.sh [--build DIR] [--timeout S] [--logs DIR] [PART...]
+#   tests/vm/suites.sh [--build DIR] [--timeout S] [--cpus N] [--logs DIR] [PART...]
 #
 # PART: a suite's name (regression, plumbing, ...: tests/netns/NAME.sh,
 # with the backend divertd picks there, auto), "regression-iptables" (the
@@ -12,6 +12,8 @@
 # tests/netns/*.sh but lib.sh, then regression-iptables.
 #   --build DIR    the build directory (default $BUILD, else ./build)
 #   --timeout S    each VM's limit (default 600 s)
+#   --cpus N       each VM's vCPUs (default 2: TCG runs one host thread
+#                  per vCPU, and the suites run programs side by side)
 #   --logs DIR     keep each part's output, dmesg and console there
 # For each part: its output as it runs, then one line
 #   "=== vm NAME: P passed, F failed, S skipped, T s (exit RC)"
@@ -26,11 +28,13 @@ cd "$(dirname "$0")/../.." || exit 2
 TOP=$PWD
 BUILDDIR=${BUILD:-$TOP/build}
 TIMEOUT=600
+CPUS=2
 LOGS=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--build) BUILDDIR=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
+	--cpus) CPUS=${2:?}; shift 2 ;;
 	--logs) LOGS=${2:?}; shift 2 ;;
 	-h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	-*) echo "suites.sh: unknown option $1" >&2; exit 2 ;;
@@ -76,7 +80,7 @@ for part in "${parts[@]}"; do
 	[ -n "$LOGS" ] && keep=(--keep "$LOGS/$part")
 	echo "=== vm $part"
 	t0=$SECONDS
-	bash tests/vm/run.sh --timeout "$TIMEOUT" "${keep[@]}" -- "${cmd[@]}" 2>&1 | tee "$log"
+	bash tests/vm/run.sh --timeout "$TIMEOUT" --cpus "$CPUS" "${keep[@]}" -- "${cmd[@]}" 2>&1 | tee "$log"
 	rc=${PIPESTATUS[0]}
 	t=$((SECONDS - t0))
 	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
