@@ -38,7 +38,7 @@ check "notify: READY=1 with MAINPID, once the client socket exists" \
 	wait_msg "READY=1;MAINPID=$DIVERTD_PID;.*sock=yes" 10
 
 # a steady stream through a divert program while the rules change
-divert_prog "$H" "$SOCK" div_echo 8668 100000 5 "$TMP/echo.ready" >"$TMP/echo.out" 2>&1 &
+divert_prog "$H" "$SOCK" div_echo 8668 100000 60 "$TMP/echo.ready" >"$TMP/echo.out" 2>&1 &
 EPID=$!; PIDS+=($EPID)
 wait_for "$TMP/echo.ready" 5
 ip netns exec "$P" ping -n -q -c 400 -i 0.01 -W 2 192.0.2.1 >"$TMP/ping.out" 2>&1 &
