@@ -6,10 +6,11 @@
  * Theory of operation.  socket(PF_DIVERT, SOCK_RAW, 0) (or the old form
  * socket(PF_INET, SOCK_RAW, IPPROTO_DIVERT)) does not reach the kernel: the
  * shim opens a SOCK_SEQPACKET connection to divertd's UNIX socket, reads the
- * daemon's DW_WELCOME (the connection id) and hands that connection to the
- * application as its divert fd.  Because the fd is a real kernel socket,
- * poll/select/epoll, O_NONBLOCK, SO_RCVTIMEO, shutdown and fork need no
- * help; the shim hooks only the calls whose meaning differs:
+ * daemon's DW_WELCOME (the connection id), makes a SOCK_SEQPACKET
+ * socketpair, hands one end to divertd on the connection (DW_ATTACH) and
+ * the other to the application as its divert fd.  Because the fd is a real
+ * kernel socket, poll/select/epoll, O_NONBLOCK, SO_RCVTIMEO, shutdown and
+ * fork need no help; the shim hooks only the calls whose meaning differs:
  *
  *   bind        a short-lived control connection carries DW_BIND {conn,
  *               port}; the daemon's DW_REPLY holds 0 or the errno.
