@@ -48,7 +48,7 @@
 #define DEFAULT_MASK 0xffff0000u
 #define DEFAULT_HOLD_MS 5000
 #define DEFAULT_MAX_CLIENTS 1024
-/* Longer than one client may hold (CLIENT_HELD_MAX in divert_sock.c), so a
+/* Longer than one client may hold (CLIENT_HELD_MAX in divert_sock.h), so a
  * program that drops by never writing back evicts its oldest packets
  * rather than filling the kernel's queue. */
 #define QUEUE_MAXLEN 16384
@@ -382,7 +382,7 @@ static bool has_port(const uint16_t *ports, size_t n, uint16_t port)
 
 /* The rules in force, for the SIGHUP reload and for divertctl (control.c). */
 static struct {
-	struct ruleset *rs;		/* main()'s; divert_sock.c reads it too */
+	struct ruleset *rs;		/* main()'s; the client side reads it too */
 	const struct mark_layout *ml;
 	enum fw_backend backend;
 	uint64_t lost_before;		/* fw_lost() at start */
@@ -413,7 +413,7 @@ uint64_t daemon_lost_before(void)
  * rules change after start (SIGHUP's reload and divertctl's add, delete,
  * flush).  Queues for new ports are bound first, then the rules are
  * replaced in one transaction per backend table, then the ruleset
- * divert_sock.c reads is swapped, then queues no rule uses any more are
+ * the client side reads is swapped, then queues no rule uses any more are
  * unbound (what they held is dropped, as on FreeBSD when a divert rule
  * goes).  Rules the kernel refuses change nothing: -1, the reason in err.
  * nrs is consumed either way.  what names the change in the log.
@@ -456,7 +456,7 @@ int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 	}
 	counters_carry(rs, saved, nrs);
 	ruleset_free(rs);
-	*rs = *nrs;		/* divert_sock.c reads it through cfg->rs */
+	*rs = *nrs;		/* the client side reads it through cfg->rs */
 	*nrs = (struct ruleset){ 0 };
 	divert_sock_rules_changed();
 	for (size_t i = 0; i < nold; i++)

@@ -7,7 +7,9 @@
  *   rules.c        struct ruleset -> nftables / iptables-restore text; tags
  *   firewall.c     installs and removes that text (libnftables, iptables-restore)
  *   nfq_bridge.c   the only code that speaks NETLINK_NETFILTER (NFQUEUE)
- *   divert_sock.c  the only code that speaks the client protocol
+ *   divert_sock.c  the only code that speaks the client protocol, with
+ *                  client.c, held.c and ring.c (their private map:
+ *                  divert_sock.h)
  *   control.c      the only code that runs divertctl's commands
  *   counters.c     each rule's counts across zero and rule changes
  *   inject.c       packets written that answer no held packet

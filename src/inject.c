@@ -2,7 +2,7 @@
  * inject.c: packets written that answer no held packet.
  *
  * A written packet that answers a held one goes back to the kernel as that
- * packet's NFQUEUE verdict (divert_sock.c).  Anything else is a new packet,
+ * packet's NFQUEUE verdict (client.c, held.c).  Anything else is a new packet,
  * as every write is on FreeBSD, and enters the stack here:
  *
  *  - outgoing (sin_addr INADDR_ANY): a raw IP socket (IPPROTO_RAW, so the

@@ -1,9 +1,11 @@
 /*
  * fuzz_client.c: libFuzzer target for every message a client can send
- * divertd: src/divert_sock.c (the client protocol, held packets, writes)
- * and src/inject.c (writes that answer no held packet), both included
- * whole, with src/control.c (divertctl's commands), src/counters.c,
- * src/config.c, src/rules.c and src/cksum.c linked unchanged.
+ * divertd: the client side, src/divert_sock.c (the listener, packets from
+ * the kernel), src/client.c (clients and their messages), src/held.c (held
+ * packets) and src/ring.c (shared-memory rings), and src/inject.c (writes
+ * that answer no held packet), all included whole, with src/control.c
+ * (divertctl's commands), src/counters.c, src/config.c, src/rules.c and
+ * src/cksum.c linked unchanged.
  *
  * The daemon side runs for real on a UNIX socket in a temporary
  * directory: divert_sock_open() listens, the fuzzer's clients connect with
@@ -22,7 +24,7 @@
  *     alone) and tc (spawn_run()): results chosen by the fuzzer;
  *   - the interface table (iftable_*()): lo, eth0, eth1, one long name;
  *   - who connects (getsockopt() SO_PEERCRED / SO_PEERGROUPS for
- *     divert_sock.c alone): root, a member of divertd's group (primary or
+ *     the client side alone): root, a member of divertd's group (primary or
  *     supplementary), or a stranger, as the fuzzer says;
  *   - the clock and the connection ids (clock_gettime(), getrandom()),
  *     so that a run repeats exactly;
@@ -30,7 +32,7 @@
  *     kernel; only root's connections may get there) and the firewall's
  *     counters (fw_counters());
  *   - the rings' memory (memfd_create(), mmap(), munmap() for
- *     divert_sock.c alone): real memfds, each mapped between two
+ *     the client side alone): real memfds, each mapped between two
  *     unreadable pages, so that a read past a ring faults; failures as the
  *     fuzzer says.  The daemon's hash of a write-back (packet_hash())
  *     tells whose tx ring it read: it must lie inside that tx ring, and
@@ -90,7 +92,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-/* ---- the fakes divert_sock.c sees -------------------------------------- */
+/* ---- the fakes the client side sees ------------------------------------ */
 
 static int fz_recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
 		       int flags, struct timespec *tmo);
@@ -113,6 +115,9 @@ static XXH64_hash_t fz_xxh3(const void *p, size_t len);
 #define munmap(a, b) fz_munmap(a, b)
 #define packet_hash(a, b) fz_xxh3(a, b)
 #include "../../src/divert_sock.c"
+#include "../../src/client.c"
+#include "../../src/held.c"
+#include "../../src/ring.c"
 #undef recvmmsg
 #undef clock_gettime
 #undef getrandom
@@ -235,7 +240,7 @@ static const int inject_errnos[] = {
 	0, EMSGSIZE, ENETUNREACH, EPERM, ENOBUFS, EHOSTUNREACH, EACCES, 0,
 };
 
-/* ---- fakes: divert_sock.c --------------------------------------------- */
+/* ---- fakes: the client side ------------------------------------------- */
 
 static int fz_recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen,
 		       int flags, struct timespec *tmo)
@@ -654,7 +659,7 @@ uint64_t daemon_lost_before(void)
 }
 
 /* divertd.c's, without the kernel: counters saved and carried, the
- * ruleset swapped in place (divert_sock.c reads it through cfg->rs). */
+ * ruleset swapped in place (the client side reads it through cfg->rs). */
 int daemon_apply(struct ruleset *nrs, const char *what, char *err,
 		 size_t errlen)
 {

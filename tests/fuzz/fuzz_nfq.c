@@ -440,7 +440,7 @@ static void fz_packet(struct nfqb_packet *pkt, void *arg)
 	}
 	(void)divert_wire_packet_key(pkt->data, pkt->len);
 	packets_seen++;
-	/* a verdict carries at most NFQB_MAX_VERDICT_PAYLOAD (divert_sock.c
+	/* a verdict carries at most NFQB_MAX_VERDICT_PAYLOAD (client.c
 	 * sends larger writes as new packets) */
 	nfqb_verdict(pkt->queue, pkt->id, packets_seen & 1 ? NF_REPEAT : NF_DROP,
 		     &mark, pkt->len <= NFQB_MAX_VERDICT_PAYLOAD && (pkt->id & 1)

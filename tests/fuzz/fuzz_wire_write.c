@@ -17,7 +17,7 @@
  *     FreeBSD's order; it reads only the first 20 bytes (its documented
  *     contract: the shim passes a copy of just those);
  *   - what the daemon then does to an accepted write works and stays
- *     inside it: client_write() (divert_sock.c) sets the IPv4 header
+ *     inside it: client_write() (client.c) sets the IPv4 header
  *     checksum of an outgoing write that rewrote a held packet (which
  *     must then be right), and checks the header checksum of an incoming
  *     one;
