@@ -362,7 +362,7 @@ pass_run() {
 	name="$path/$mode${rcvbuf:+ SO_RCVBUF $rcvbuf}"
 	[ "$path" = socket ] && envs=(DIVERT_RING=0)
 	[ -n "$rcvbuf" ] && opts=(-b "$rcvbuf")
-	if ! pollpass "${envs[@]}" -- -m "$mode" -w 5000 "${opts[@]}" 8668; then
+	if ! pollpass "${envs[@]}" -- -m "$mode" -w 15000 "${opts[@]}" 8668; then
 		bad "$name: div_pollpass started"; kill "$PP_BG" 2>/dev/null; return
 	fi
 	maps=$(grep -c 'divertd-ring' "/proc/$PP_PID/maps")
