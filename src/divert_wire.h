@@ -402,4 +402,124 @@ static inline const uint8_t *dw_ring_next(const uint8_t *data, uint32_t size,
 	return NULL;
 }
 
+/* ---- the rules as a program reading its own queue needs them -------------
+ *
+ * On the direct path (docs/DIRECT.md, not built yet) a root program reads
+ * its port's queue itself and gives the verdicts; divertd sends it this
+ * view of the rules at bind and after every change.  It holds:
+ *   - the mark layout: our bits of the packet mark (mask, shift), which
+ *     carry the tag a queued packet came with and the one a verdict sets;
+ *   - the hold time (-t), after which a packet read and never written back
+ *     is dropped;
+ *   - every distinct rule number, ascending: a written packet resumes
+ *     after the largest one <= its tag (0: the start of the list), as
+ *     rules_resume_tag() computes in the daemon;
+ *   - this port's tees, ascending by value: a queued packet whose tag is a
+ *     tee's value (no rule number; rules.c counts them down from 65534) is
+ *     the tee's copy: the program sees the tee's rule number, and the
+ *     original goes on at once.
+ * Layout: struct dw_view, then uint16_t nums[nnums], then struct dw_tee
+ * tees[ntees], nothing after.  dw_view_check() is what a receiver runs
+ * before it trusts one.
+ */
+struct dw_view {
+	uint32_t mask;			/* contiguous, at least 16 bits */
+	uint32_t shift;			/* the mask's lowest bit */
+	uint32_t hold_ms;
+	uint32_t nnums, ntees;
+};
+
+struct dw_tee {
+	uint16_t value;			/* the tag its copies are queued with */
+	uint16_t rule;			/* the tee's rule number */
+};
+
+_Static_assert(sizeof(struct dw_view) == 20, "view header size");
+
+#define DW_VIEW_MAXNUMS 65535u
+#define DW_VIEW_MAXTEES 65535u
+
+static inline size_t dw_view_len(uint32_t nnums, uint32_t ntees)
+{
+	return sizeof(struct dw_view) + (size_t)nnums * sizeof(uint16_t) +
+	       (size_t)ntees * sizeof(struct dw_tee);
+}
+
+static inline const uint16_t *dw_view_nums(const struct dw_view *v)
+{
+	return (const uint16_t *)(const void *)(v + 1);
+}
+
+static inline const struct dw_tee *dw_view_tees(const struct dw_view *v)
+{
+	return (const struct dw_tee *)(const void *)(dw_view_nums(v) + v->nnums);
+}
+
+/* 0 when the len bytes at buf (2-aligned) are a whole, consistent view;
+ * EINVAL otherwise. */
+static inline int dw_view_check(const void *buf, size_t len)
+{
+	const struct dw_view *v = (const struct dw_view *)buf;
+	const uint16_t *nums;
+	const struct dw_tee *tees;
+
+	if (len < sizeof(*v) || v->nnums > DW_VIEW_MAXNUMS ||
+	    v->ntees > DW_VIEW_MAXTEES || dw_view_len(v->nnums, v->ntees) != len)
+		return EINVAL;
+	/* a contiguous mask of at least 16 bits, shift its lowest bit */
+	if (v->shift > 16 || (v->mask >> v->shift) < 0xffffu ||
+	    (((v->mask >> v->shift) + 1) & (v->mask >> v->shift)) != 0 ||
+	    ((v->mask >> v->shift) << v->shift) != v->mask)
+		return EINVAL;
+	nums = dw_view_nums(v);
+	for (uint32_t i = 1; i < v->nnums; i++)
+		if (nums[i] <= nums[i - 1])
+			return EINVAL;
+	tees = dw_view_tees(v);
+	for (uint32_t i = 0; i < v->ntees; i++)
+		if (i > 0 && tees[i].value <= tees[i - 1].value)
+			return EINVAL;
+	return 0;
+}
+
+/* The tag a packet written with tag resumes after: the largest rule number
+ * <= tag, or 0 when there is none. */
+static inline uint16_t dw_view_resume(const struct dw_view *v, uint16_t tag)
+{
+	const uint16_t *nums = dw_view_nums(v);
+	uint32_t lo = 0, hi = v->nnums;
+
+	while (lo < hi) {		/* the first number > tag */
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (nums[mid] <= tag)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo == 0 ? 0 : nums[lo - 1];
+}
+
+/* Whether a packet queued with tag is a tee's copy; if so *rule = the
+ * tee's rule number, the tag the program sees. */
+static inline int dw_view_tee(const struct dw_view *v, uint16_t tag,
+			      uint16_t *rule)
+{
+	const struct dw_tee *tees = dw_view_tees(v);
+	uint32_t lo = 0, hi = v->ntees;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+
+		if (tees[mid].value < tag)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == v->ntees || tees[lo].value != tag)
+		return 0;
+	*rule = tees[lo].rule;
+	return 1;
+}
+
 #endif /* DIVERT_WIRE_H */

@@ -176,6 +176,8 @@ const struct rule *rules_find_queue_rule(const struct ruleset *rs,
  * dispatch resumes the original at the rule right after the tee), and the
  * tee rule sending to port that a queued packet's value names, or NULL. */
 uint16_t rules_tee_value(const struct ruleset *rs, const struct rule *r);
+size_t rules_view(const struct ruleset *rs, const struct mark_layout *ml,
+		  uint16_t port, uint32_t hold_ms, void *buf, size_t cap);
 const struct rule *rules_find_tee_rule(const struct ruleset *rs,
 				       uint16_t value, uint16_t port);
 

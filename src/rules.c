@@ -47,6 +47,7 @@
 #include <sys/socket.h>
 
 #include "divertd.h"
+#include "divert_wire.h"
 
 #define MULTIPORT_MAX 15	/* xt_multiport: ports per match, a range is 2 */
 
@@ -173,6 +174,54 @@ static uint16_t tee_value_k(const struct ruleset *rs, unsigned k)
 uint16_t rules_tee_value(const struct ruleset *rs, const struct rule *r)
 {
 	return tee_value_k(rs, tee_index(rs, r));
+}
+
+/*
+ * The view of the rules a program reading port's queue itself needs
+ * (struct dw_view, divert_wire.h): len bytes, written to buf only when
+ * they fit in cap.  Returns len.
+ */
+size_t rules_view(const struct ruleset *rs, const struct mark_layout *ml,
+		  uint16_t port, uint32_t hold_ms, void *buf, size_t cap)
+{
+	uint32_t nnums = 0, ntees = 0;
+	size_t len;
+
+	for (size_t i = 0; i < rs->n; i++) {
+		if (i == 0 || rs->rules[i].num != rs->rules[i - 1].num)
+			nnums++;
+		if (rs->rules[i].action == ACT_TEE && rs->rules[i].arg == port)
+			ntees++;
+	}
+	len = dw_view_len(nnums, ntees);
+	if (buf == NULL || cap < len)
+		return len;
+
+	struct dw_view *v = buf;
+	uint16_t *nums = (uint16_t *)(void *)(v + 1);
+	struct dw_tee *tees = (struct dw_tee *)(void *)(nums + nnums);
+	uint32_t k = 0;
+
+	v->mask = ml->mask;
+	v->shift = ml->shift;
+	v->hold_ms = hold_ms;
+	v->nnums = nnums;
+	v->ntees = ntees;
+	for (size_t i = 0; i < rs->n; i++)
+		if (i == 0 || rs->rules[i].num != rs->rules[i - 1].num)
+			nums[k++] = rs->rules[i].num;
+	/* tee values count down in list order: the last tee first */
+	k = ntees;
+	for (size_t i = 0; i < rs->n; i++) {
+		const struct rule *r = &rs->rules[i];
+
+		if (r->action == ACT_TEE && r->arg == port) {
+			k--;
+			tees[k].value = rules_tee_value(rs, r);
+			tees[k].rule = r->num;
+		}
+	}
+	return len;
 }
 
 const struct rule *rules_find_tee_rule(const struct ruleset *rs,

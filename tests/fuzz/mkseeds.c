@@ -5,7 +5,8 @@
  * packet messages and rtnetlink dumps built with libmnl, as the kernel
  * sends them; valid and invalid writes; client sessions that bind, read,
  * write back, inject, and run divertctl's commands, through sockets and
- * shared-memory rings, honest and hostile.  fuzz_config's seeds are the
+ * shared-memory rings, honest and hostile; views of the rules, received
+ * and built from config text.  fuzz_config's seeds are the
  * config files of tests/golden and contrib/nft-rules, copied by run.sh.
  *
  *     mkseeds CORPUS_DIR
@@ -1305,6 +1306,53 @@ static void config_seeds(void)
 	     "100 divert 0 ip from any to any\n");
 }
 
+/* ---- fuzz_view ------------------------------------------------------------ */
+
+static void view_config(const char *name, uint16_t port, const char *text)
+{
+	struct out o;
+
+	o.n = 0;
+	u8(&o, 1);
+	u16(&o, port);
+	put(&o, text, strlen(text));
+	save("fuzz_view", name, &o);
+}
+
+static void view_seeds(void)
+{
+	struct out o;
+
+	/* a view as divertd sends it: mask 0xffff0000, hold 5 s, rule
+	 * numbers 100 200 300, tees 65531 -> 300 and 65532 -> 100 */
+	o.n = 0;
+	u8(&o, 0);
+	u32(&o, 0xffff0000u);
+	u32(&o, 16);
+	u32(&o, 5000);
+	u32(&o, 3);
+	u32(&o, 2);
+	u16(&o, 100);
+	u16(&o, 200);
+	u16(&o, 300);
+	u16(&o, 65531);
+	u16(&o, 300);
+	u16(&o, 65532);
+	u16(&o, 100);
+	save("fuzz_view", "received-tees", &o);
+	view_config("config-tees", 9000,
+		    "100 tee 9000 udp from any to any\n"
+		    "100 divert 8668 tcp from any to any\n"
+		    "300 tee 9000 icmp from any to any\n"
+		    "65534 count ip from any to any\n"
+		    "65533 tee 9001 ip from any to any\n");
+	view_config("config-skipto", 8668,
+		    "10 count ip from any to any\n"
+		    "20 skipto 40 ip from any to any\n"
+		    "30 divert 8668 ip from any to any\n"
+		    "40 tee 8668 udp from any to any\n");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -1319,5 +1367,6 @@ int main(int argc, char **argv)
 	client_seeds();
 	ring_seeds();
 	config_seeds();
+	view_seeds();
 	return 0;
 }

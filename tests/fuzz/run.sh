@@ -55,15 +55,17 @@ declare -A SRCS=(
 	[fuzz_nfq]="cksum.c"
 	[fuzz_rtnl]=""
 	[fuzz_client]="control.c counters.c config.c rules.c cksum.c"
+	[fuzz_view]="config.c rules.c"
 )
 declare -A PKGS=(
 	[fuzz_config]=""
 	[fuzz_wire_write]=""
+	[fuzz_view]=""
 	[fuzz_nfq]="libnetfilter_queue libmnl"
 	[fuzz_rtnl]="libmnl"
 	[fuzz_client]="libmnl libxxhash jansson"
 )
-ALL="fuzz_config fuzz_wire_write fuzz_nfq fuzz_rtnl fuzz_client"
+ALL="fuzz_config fuzz_wire_write fuzz_nfq fuzz_rtnl fuzz_client fuzz_view"
 TARGETS=${*:-$ALL}
 for t in $TARGETS; do
 	[ -n "${SRCS[$t]+x}" ] || { echo "run.sh: no target $t (of: $ALL)" >&2; exit 2; }
@@ -92,7 +94,7 @@ if [ "$MODE" = seeds ]; then
 	"$CC" -g -O1 -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -I"$TOP/src" \
 		-I"$TOP/include" -I"$FUZZ" "$FUZZ/mkseeds.c" -o "$OUT/mkseeds" \
 		$(pkg-config --libs libnetfilter_queue libmnl) || exit 1
-	rm -rf "$FUZZ"/corpus/fuzz_{config,wire_write,nfq,rtnl,client}
+	rm -rf "$FUZZ"/corpus/fuzz_{config,wire_write,nfq,rtnl,client,view}
 	"$OUT/mkseeds" "$FUZZ/corpus" || exit 1
 	for f in "$TOP"/tests/golden/*.conf "$TOP"/contrib/nft-rules/*.conf; do
 		cp "$f" "$FUZZ/corpus/fuzz_config/$(basename "$(dirname "$f")")-$(basename "$f")"

@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "divertd.h"
+#include "divert_wire.h"
 
 static const char *const golden_cases[] = {
 	"tests/golden/empty",
@@ -348,6 +349,113 @@ static void test_tee_values(void **state)
 	assert_null(rules_find_tee_rule(&rs, 65530, 9000));	/* no such tee */
 	assert_null(rules_find_tee_rule(&rs, 0, 9000));
 	ruleset_free(&rs);
+}
+
+/* The view a program reading its own queue gets (rules_view, dw_view_*)
+ * answers as the daemon does, for every tag and every port of a list. */
+static void check_view(const char *text, const uint16_t *ports, size_t nports)
+{
+	struct ruleset rs = parse(text);
+	struct mark_layout ml;
+	static uint16_t buf[65536 + 4 * 65536];
+
+	assert_int_equal(mark_layout_init(&ml, 0x0fffff00u), 0);
+	for (size_t p = 0; p < nports; p++) {
+		size_t len = rules_view(&rs, &ml, ports[p], 5000, NULL, 0);
+		const struct dw_view *v = (const struct dw_view *)(void *)buf;
+
+		assert_true(len <= sizeof(buf));
+		assert_int_equal(rules_view(&rs, &ml, ports[p], 5000, buf, len - 1), len);
+		assert_int_equal(rules_view(&rs, &ml, ports[p], 5000, buf, len), len);
+		assert_int_equal(dw_view_check(buf, len), 0);
+		assert_int_equal(dw_view_check(buf, len - 1), EINVAL);
+		assert_int_equal(v->mask, ml.mask);
+		assert_int_equal(v->shift, ml.shift);
+		assert_int_equal(v->hold_ms, 5000);
+		for (unsigned tag = 0; tag <= 65535; tag++) {
+			const struct rule *r = rules_find_tee_rule(&rs, (uint16_t)tag, ports[p]);
+			uint16_t rule = 0;
+			int tee = dw_view_tee(v, (uint16_t)tag, &rule);
+
+			if (dw_view_resume(v, (uint16_t)tag) != rules_resume_tag(&rs, (uint16_t)tag))
+				fail_msg("port %u tag %u: resumes after %u, the daemon says %u",
+					 ports[p], tag, dw_view_resume(v, (uint16_t)tag),
+					 rules_resume_tag(&rs, (uint16_t)tag));
+			if (tee != (r != NULL) || (r != NULL && rule != r->num))
+				fail_msg("port %u tag %u: tee %d (rule %u), the daemon says %s",
+					 ports[p], tag, tee, rule, r != NULL ? "a tee" : "none");
+		}
+	}
+	ruleset_free(&rs);
+}
+
+static void test_view(void **state)
+{
+	static const uint16_t p1[] = { 9000, 9001, 8668, 1 };
+	static const uint16_t p2[] = { 8668, 8669 };
+
+	(void)state;
+	check_view("100 tee 9000 udp from any to any\n"
+		   "100 divert 8668 tcp from any to any\n"
+		   "100 tee 9000 tcp from any to any\n"
+		   "65534 count ip from any to any\n"
+		   "65533 tee 9001 ip from any to any\n"
+		   "300 tee 9000 icmp from any to any\n", p1, 4);
+	check_view("10 count ip from any to any\n"
+		   "20 skipto 40 ip from any to any\n"
+		   "30 divert 8668 ip from any to any\n"
+		   "30 divert 8669 udp from any to any\n"
+		   "40 tee 8669 ip from any to any\n"
+		   "50 allow ip from any to any\n", p2, 2);
+	check_view("", p2, 1);		/* no rules: resume 0, no tees */
+}
+
+static void test_view_check(void **state)
+{
+	struct {
+		struct dw_view v;
+		uint16_t nums[3];
+		struct dw_tee tees[2];
+	} b = {
+		{ 0xffff0000u, 16, 5000, 3, 2 },
+		{ 100, 200, 300 },
+		{ { 65531, 300 }, { 65532, 100 } },
+	};
+	uint16_t rule = 0;
+	size_t len = dw_view_len(3, 2);	/* 34: no padding after the tees */
+
+	(void)state;
+	assert_true(len + 2 <= sizeof(b));
+	assert_int_equal(dw_view_check(&b, len), 0);
+	assert_int_equal(dw_view_resume(&b.v, 99), 0);
+	assert_int_equal(dw_view_resume(&b.v, 100), 100);
+	assert_int_equal(dw_view_resume(&b.v, 299), 200);
+	assert_int_equal(dw_view_resume(&b.v, 65535), 300);
+	assert_true(dw_view_tee(&b.v, 65532, &rule));
+	assert_int_equal(rule, 100);
+	assert_false(dw_view_tee(&b.v, 65533, &rule));
+	assert_int_equal(dw_view_check(&b, len + 2), EINVAL);	/* trailing */
+	assert_int_equal(dw_view_check(&b, 19), EINVAL);		/* short */
+	b.v.nnums = 4;						/* counts too big */
+	assert_int_equal(dw_view_check(&b, len), EINVAL);
+	b.v.nnums = 3;
+	b.nums[1] = 100;					/* not ascending */
+	assert_int_equal(dw_view_check(&b, len), EINVAL);
+	b.nums[1] = 200;
+	b.tees[1].value = 65531;				/* a value twice */
+	assert_int_equal(dw_view_check(&b, len), EINVAL);
+	b.tees[1].value = 65532;
+	b.v.mask = 0x00ff0000u;					/* 8 bits */
+	assert_int_equal(dw_view_check(&b, len), EINVAL);
+	b.v.mask = 0xfff0f000u;					/* a hole */
+	b.v.shift = 12;
+	assert_int_equal(dw_view_check(&b, len), EINVAL);
+	b.v.mask = 0xffff0000u;					/* shift wrong */
+	b.v.shift = 15;
+	assert_int_equal(dw_view_check(&b, len), EINVAL);
+	b.v.mask = 0xffffffffu;					/* all 32 bits */
+	b.v.shift = 0;
+	assert_int_equal(dw_view_check(&b, len), 0);
 }
 
 static void test_ports(void **state)
@@ -887,6 +995,8 @@ int main(void)
 		cmocka_unit_test(test_resume_tag),
 		cmocka_unit_test(test_find_queue_rule),
 		cmocka_unit_test(test_tee_values),
+		cmocka_unit_test(test_view),
+		cmocka_unit_test(test_view_check),
 		cmocka_unit_test(test_ports),
 		cmocka_unit_test(test_tag_in_other_mask),
 		cmocka_unit_test(test_multiport_split),
