@@ -99,8 +99,13 @@ void client_full(struct client *c)
 	c->paused = true;
 }
 
+static void client_send_view(struct client *c);
+
 void clients_rules_changed(void)
 {
+	for (unsigned i = 0; i < nclients; i++)
+		if (clients[i]->direct)
+			client_send_view(clients[i]);
 	/* a paused queue that a tee rule now uses carries originals */
 	for (unsigned i = 0; i < nclients; i++)
 		if (clients[i]->paused && tee_port(clients[i]->port)) {
@@ -130,7 +135,88 @@ static void client_unbind(struct client *c)
 	c->paused = false;
 	if (c->bound && port_owner[c->port] == c)
 		port_owner[c->port] = NULL;
+	if (c->direct)		/* what it held is dropped; we read again */
+		nfqb_take_back(c->port);
+	c->direct = false;
 	c->bound = false;
+}
+
+/* The view of the rules a client reading its own queue needs (every rule
+ * number and this port's tees: at most 6 bytes a rule), in view_buf;
+ * its length, 0 if it does not fit. */
+static uint64_t view_buf[(sizeof(struct dw_view) + 65536 * 6) / 8 + 1];
+
+static size_t client_view(const struct client *c)
+{
+	size_t len = rules_view(client_cfg->rs, client_cfg->ml, c->port,
+				client_cfg->hold_ms, view_buf, sizeof(view_buf));
+
+	return len <= sizeof(view_buf) ? len : 0;
+}
+
+/* The socket a message to c that is no data goes on: the connection it
+ * came on once attached, else its one connection. */
+static int client_ctl_fd(const struct client *c)
+{
+	return c->ctl.fd >= 0 ? c->ctl.fd : c->p.fd;
+}
+
+/* Tell a client reading its own queue the rules' new view. */
+static void client_send_view(struct client *c)
+{
+	struct divert_wire_hdr hdr = {
+		.type = DW_VIEW, .version = DIVERT_WIRE_VERSION,
+	};
+	struct iovec iov[2] = { { &hdr, sizeof(hdr) }, { view_buf, 0 } };
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 2 };
+
+	iov[1].iov_len = client_view(c);
+	if (iov[1].iov_len == 0 ||
+	    sendmsg(client_ctl_fd(c), &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0)
+		log_limited(client_rl, 4, "cannot tell client %d the new "
+			    "rules: %s", (int)c->pid, strerror(errno));
+}
+
+/*
+ * The direct path (docs/DIRECT.md): c, root, bound to its port, asked to
+ * read the queue itself.  Lend it the queue's socket and reply with it
+ * and the view of the rules; true when that went out (else the queue is
+ * ours again and the reply is still to be made).
+ */
+static bool client_lend(struct client *ctl, struct client *c)
+{
+	struct divert_wire_hdr hdr = {
+		.type = DW_REPLY, .version = DIVERT_WIRE_VERSION,
+		.val = DW_BIND_DIRECT,
+	};
+	struct iovec iov[2] = { { &hdr, sizeof(hdr) }, { view_buf, 0 } };
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} u;
+	struct msghdr msg = {
+		.msg_iov = iov, .msg_iovlen = 2,
+		.msg_control = u.buf, .msg_controllen = sizeof(u.buf),
+	};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	int fd;
+
+	iov[1].iov_len = client_view(c);
+	if (iov[1].iov_len == 0 || (fd = nfqb_lend(c->port)) < 0)
+		return false;
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	if (sendmsg(ctl->p.fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		log_limited(client_rl, 4, "cannot give client %d its queue: %s",
+			    (int)c->pid, strerror(errno));
+		nfqb_take_back(c->port);
+		return false;
+	}
+	c->direct = true;
+	log_debug("client %d reads queue %u itself", (int)c->pid, c->port);
+	return true;
 }
 
 void client_close(struct client *c)
@@ -229,6 +315,8 @@ static void client_bind(struct client *ctl, const struct divert_wire_hdr *m)
 	c->bound = true;
 	c->port = port;
 	log_debug("client %d bound to divert port %u", (int)c->pid, port);
+	if ((m->arg & DW_BIND_DIRECT) && c->root && client_lend(ctl, c))
+		return;
 	client_reply(ctl, 0);
 }
 

@@ -61,6 +61,8 @@ struct client {
 					 * until it has room (EPOLLOUT) */
 	bool paused;			/* and its port's queue is paused */
 	bool bound;
+	bool direct;			/* it reads its port's queue itself
+					 * (nfqb_lend): nothing of it here */
 	uint16_t port;
 	uint32_t rcvbuf;
 	uint64_t rx_posted;		/* its ring's bytes as FreeBSD counts a

@@ -3,8 +3,8 @@
  *
  * This is the one header the shim shares with the daemon.  A client is a
  * SOCK_SEQPACKET connection to divertd's UNIX socket; the application's
- * divert fd IS that connection, so poll/select/epoll/O_NONBLOCK need no help.
- * Every message starts with struct divert_wire_hdr; SOCK_SEQPACKET keeps the
+ * divert fd is a real socket too (one end of a socketpair, below), so
+ * poll/select/epoll/O_NONBLOCK need no help.  Every message starts with struct divert_wire_hdr; SOCK_SEQPACKET keeps the
  * boundaries, so the length of a message is what recv() returns.
  *
  * A divert socket (the application's fd) is one end of a socketpair the
@@ -45,6 +45,19 @@
  * a DW_WELCOME that may come first on it too):
  *   client -> daemon  DW_BIND      conn = connection id, val = port (host
  *                                  order); reply DW_REPLY, arg = 0 or errno.
+ *                                  arg DW_BIND_DIRECT: the client would
+ *                                  read the port's queue itself (the
+ *                                  direct path, docs/DIRECT.md).  Granted
+ *                                  to root only: the reply then has val =
+ *                                  DW_BIND_DIRECT, the queue's netlink
+ *                                  socket in an SCM_RIGHTS message and a
+ *                                  struct dw_view (below) after the
+ *                                  header; otherwise val = 0 and packets
+ *                                  come through divertd as before.
+ *   daemon -> client  DW_VIEW      after a rule change, to a client given
+ *                                  its queue: a struct dw_view after the
+ *                                  header, on its connection (or, once
+ *                                  attached, on the connection it came on).
  * Write channel (one per process, kept open; the shim skips its welcome):
  *   client -> daemon  DW_WRITE     a written packet that answers no packet
  *                                  the socket read (so the daemon injects a
@@ -106,7 +119,10 @@ enum divert_wire_type {
 	DW_RING    = 9,
 	DW_KICK    = 10,
 	DW_ATTACH  = 11,
+	DW_VIEW    = 12,
 };
+
+#define DW_BIND_DIRECT	0x1u	/* DW_BIND arg, and its reply's val */
 
 /* DW_ATTACH arg bits, and the descriptors it carries at most */
 #define DW_ATTACH_RING	0x1u	/* the ring's memfd comes second: keep it */

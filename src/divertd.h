@@ -356,6 +356,10 @@ int nfqb_open(const uint16_t *queues, size_t nqueues, uint32_t maxlen,
  * what the kernel holds for it. */
 int nfqb_bind_queue(uint16_t queue);
 int nfqb_unbind_queue(uint16_t queue);
+/* The direct path: a queue's socket lent to a program that reads it
+ * itself, and taken back (what it held dropped) when the program is gone. */
+int nfqb_lend(uint16_t queue);
+int nfqb_take_back(uint16_t queue);
 /* Where packets go (fn, per packet; flush, after each batch); before it
  * is set, packets are dropped. */
 void nfqb_set_handler(nfqb_packet_fn fn, void (*flush)(void), void *arg);

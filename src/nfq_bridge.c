@@ -55,6 +55,7 @@ struct nfqb_queue {
 	uint32_t portid;
 	uint16_t num;
 	bool paused;
+	bool lent;				/* a program reads it (nfqb_lend) */
 };
 
 static struct nfqb_queue *queues[65536];
@@ -151,10 +152,43 @@ static void queue_free(struct nfqb_queue *q)
 	free(q);
 }
 
-int nfqb_bind_queue(uint16_t num)
+/* Bind q's socket to its queue and configure the kernel's instance: whole
+ * packets, GSO, fail-open as asked, the queue's length.  0, or -1 logged. */
+static int queue_configure(struct nfqb_queue *q)
 {
 	char buf[NL_BUFSIZE];
 	struct nlmsghdr *nlh;
+	int ret = -1;
+
+	/* the config requests wait for their answers: blocking meanwhile */
+	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) & ~O_NONBLOCK);
+	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, q->num);
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
+	if (config_request(q, nlh) < 0) {
+		log_err("cannot bind NFQUEUE queue %u: %s%s", q->num,
+			strerror(errno), errno == EPERM ?
+			" (another program holds this queue)" : "");
+		goto out;
+	}
+	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, q->num);
+	nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, 0xffff);
+	mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(queue_flags));
+	mnl_attr_put_u32(nlh, NFQA_CFG_MASK,
+			 htonl(NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN));
+	nfq_nlmsg_cfg_put_qmaxlen(nlh, queue_maxlen);
+	if (config_request(q, nlh) < 0) {
+		log_err("cannot configure NFQUEUE queue %u: %s", q->num,
+			strerror(errno));
+		goto out;
+	}
+	ret = 0;
+out:
+	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) | O_NONBLOCK);
+	return ret;
+}
+
+int nfqb_bind_queue(uint16_t num)
+{
 	struct nfqb_queue *q = calloc(1, sizeof(*q));
 	int one = 1, rcvbuf = NFQB_RCVBUF;
 	int sndbuf = NFQB_VBATCH + NFQB_SLOT + 4096;
@@ -187,29 +221,9 @@ int nfqb_bind_queue(uint16_t num)
 			"batches: %s", strerror(errno));
 		goto fail;
 	}
-	/* the config requests wait for their answers: blocking meanwhile */
-	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) & ~O_NONBLOCK);
-	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
-	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
-	if (config_request(q, nlh) < 0) {
-		log_err("cannot bind NFQUEUE queue %u: %s%s", num,
-			strerror(errno), errno == EBUSY ?
-			" (another program holds this queue)" : "");
-		goto fail;
-	}
 	queues[num] = q;		/* verdicts for packets read from now */
-	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
-	nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, 0xffff);
-	mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(queue_flags));
-	mnl_attr_put_u32(nlh, NFQA_CFG_MASK,
-			 htonl(NFQA_CFG_F_GSO | NFQA_CFG_F_FAIL_OPEN));
-	nfq_nlmsg_cfg_put_qmaxlen(nlh, queue_maxlen);
-	if (config_request(q, nlh) < 0) {
-		log_err("cannot configure NFQUEUE queue %u: %s", num,
-			strerror(errno));
+	if (queue_configure(q) < 0)
 		goto fail;
-	}
-	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) | O_NONBLOCK);
 	if (loop_add(&q->p, EPOLLIN) < 0) {
 		log_err("cannot poll queue %u: %s", num, strerror(errno));
 		goto fail;
@@ -238,13 +252,65 @@ int nfqb_unbind_queue(uint16_t num)
 	return 0;
 }
 
+/*
+ * The direct path (docs/DIRECT.md): a program reads queue num itself.  We
+ * stop reading it and hand out its socket (the fd stays ours too: the
+ * kernel takes a verdict from any holder of the bound socket), verdicts
+ * pending for it sent first.  The fd, or -1 (ENOENT: no such queue;
+ * EBUSY: lent already).
+ */
+int nfqb_lend(uint16_t num)
+{
+	struct nfqb_queue *q = queues[num];
+
+	if (q == NULL || q->lent) {
+		errno = q == NULL ? ENOENT : EBUSY;
+		return -1;
+	}
+	if (vqueue == num)
+		nfqb_flush();
+	if (!q->paused && loop_mod(&q->p, 0) < 0)
+		return -1;
+	q->lent = true;
+	q->paused = false;
+	return q->p.fd;
+}
+
+/*
+ * The program a queue was lent to is gone: unbind and bind the queue again
+ * on our socket, which makes the kernel drop every packet still queued
+ * there (read and held by the program, or unread), then read it ourselves
+ * again.  0, or -1 (logged).
+ */
+int nfqb_take_back(uint16_t num)
+{
+	struct nfqb_queue *q = queues[num];
+	char buf[NL_BUFSIZE];
+	struct nlmsghdr *nlh;
+
+	if (q == NULL || !q->lent)
+		return 0;
+	q->lent = false;
+	fcntl(q->p.fd, F_SETFL, fcntl(q->p.fd, F_GETFL) & ~O_NONBLOCK);
+	nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, num);
+	nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_UNBIND);
+	if (config_request(q, nlh) < 0)
+		log_warn("cannot unbind NFQUEUE queue %u to drop what its "
+			 "program held: %s", num, strerror(errno));
+	if (queue_configure(q) < 0 || loop_mod(&q->p, EPOLLIN) < 0) {
+		broken = true;	/* the queue would stay unread */
+		return -1;
+	}
+	return 0;
+}
+
 void nfqb_pause(uint16_t num, bool pause, uint32_t keep)
 {
 	struct nfqb_queue *q = queues[num];
 	char buf[NL_BUFSIZE];
 	struct nlmsghdr *nlh;
 
-	if (q == NULL || q->paused == pause)
+	if (q == NULL || q->lent || q->paused == pause)
 		return;
 	if (loop_mod(&q->p, pause ? 0 : EPOLLIN) < 0)
 		return;

@@ -13,13 +13,16 @@
  * from an epoll loop here that does what divertd.c's does (loop_add(),
  * loop_mod() and loop_del() are this file's).  What must not be touched is
  * faked:
- *   - the kernel's queue (nfqb_verdict(), nfqb_flush(), nfqb_pause()):
+ *   - the kernel's queue (nfqb_verdict(), nfqb_flush(), nfqb_pause(),
+ *     nfqb_lend(), nfqb_take_back()):
  *     each packet the fuzzer hands to divert_sock_packet() must get
  *     exactly one verdict, a written packet may answer only a packet its
  *     connection (or the connection a write channel names) was given, no
  *     new packet may be injected while verdicts given before it wait to
- *     be sent, and a paused queue must be resumed once its client has
- *     room or is gone;
+ *     be sent, a paused queue must be resumed once its client has
+ *     room or is gone, and a queue lent to a root client (the direct
+ *     path: the fd handed out is /dev/null's) is taken back once it
+ *     unbinds or is gone, and never lent twice;
  *   - injection's sockets (socket(), setsockopt(), sendmsg() for inject.c
  *     alone) and tc (spawn_run()): results chosen by the fuzzer;
  *   - the interface table (iftable_*()): lo, eth0, eth1, one long name;
@@ -57,7 +60,7 @@
  * Input: a list of operations, each an opcode byte and its arguments
  * (fuzz_client_ops.h).  After the last one every client hangs up, and the
  * daemon must be back where it started: no client, no held packet, no
- * bound port, no paused queue, nothing pending, no socket or memfd left
+ * bound port, no paused or lent queue, nothing pending, no socket or memfd left
  * open, no ring mapped, every packet answered once.
  */
 #ifndef _GNU_SOURCE
@@ -555,6 +558,24 @@ void nfqb_flush(void)
 /* A paused queue is one the daemon stopped reading (its client is full):
  * it must be read again once that client has room, hangs up, or moves. */
 static uint8_t paused[65536 / 8];
+static uint8_t lent[65536 / 8];
+static int lent_fd = -1;
+
+int nfqb_lend(uint16_t queue)
+{
+	FZ_CHECK(!(lent[queue / 8] & (1u << (queue % 8))),
+		 "queue %u lent twice", queue);
+	if (lent_fd < 0)
+		lent_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	lent[queue / 8] |= (uint8_t)(1u << (queue % 8));
+	return lent_fd;
+}
+
+int nfqb_take_back(uint16_t queue)
+{
+	lent[queue / 8] &= (uint8_t)~(1u << (queue % 8));
+	return 0;
+}
 
 void nfqb_pause(uint16_t queue, bool pause, uint32_t keep)
 {
@@ -727,7 +748,7 @@ void log_limited(struct log_ratelimit *rl, int priority, const char *fmt, ...)
 
 /* ---- the harness's side of the connections ------------------------------ */
 
-static uint8_t rbuf[WRITE_SLOT + 4096];
+static uint8_t rbuf[WRITE_SLOT + 4096] __attribute__((aligned(8)));
 static unsigned trace_replies, trace_ctlreplies;	/* FUZZ_CLIENT_TRACE */
 
 static bool reply_errno_ok(int e)
@@ -953,8 +974,8 @@ static void drain(struct hc *h)
 		memcpy(&m, rbuf, sizeof(m));
 		FZ_CHECK(m.version == DIVERT_WIRE_VERSION, "version %u",
 			 m.version);
-		FZ_CHECK(fd < 0 || m.type == DW_RING, "a descriptor with a "
-			 "message of type %u", m.type);
+		FZ_CHECK(fd < 0 || m.type == DW_RING || m.type == DW_REPLY,
+			 "a descriptor with a message of type %u", m.type);
 		if (!h->welcomed) {
 			FZ_CHECK(m.type == DW_WELCOME, "first message type %u",
 				 m.type);
@@ -989,6 +1010,26 @@ static void drain(struct hc *h)
 					m.arg, m.val);
 			FZ_CHECK(reply_errno_ok((int)m.arg), "reply errno %u",
 				 m.arg);
+			if (fd >= 0) {
+				/* the direct path: the queue (our fake's fd)
+				 * and a view that must pass the check (val
+				 * is a write's sequence number otherwise) */
+				FZ_CHECK(m.val == DW_BIND_DIRECT && m.arg == 0,
+					 "a queue with reply %u val %u",
+					 m.arg, m.val);
+				FZ_CHECK(dw_view_check(rbuf + sizeof(m),
+						       (size_t)n - sizeof(m)) == 0,
+					 "a view of %zd bytes refused",
+					 n - (ssize_t)sizeof(m));
+				close(fd);
+			}
+			break;
+		case DW_VIEW:
+			FZ_CHECK(fd < 0, "a descriptor with a view");
+			FZ_CHECK(dw_view_check(rbuf + sizeof(m),
+					       (size_t)n - sizeof(m)) == 0,
+				 "a view of %zd bytes refused",
+				 n - (ssize_t)sizeof(m));
 			break;
 		case DW_CTLREPLY:
 			trace_ctlreplies++;
@@ -1382,7 +1423,8 @@ static void op_bind(struct fz *in)
 		.type = DW_BIND, .version = DIVERT_WIRE_VERSION,
 	};
 
-	m.conn = pick_id(k);
+	m.conn = pick_id(k & 0x7f);
+	m.arg = k & 0x80 ? DW_BIND_DIRECT : 0;	/* the direct path asked */
 	m.val = pick_port(in);
 	hc_send(ctl, &m, sizeof(m));
 }
@@ -1826,6 +1868,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FZ_CHECK(memcmp(paused, none, sizeof(none)) == 0,
 			 "a queue left paused: its packets wait in the kernel "
 			 "for good");
+		FZ_CHECK(memcmp(lent, none, sizeof(none)) == 0,
+			 "a queue left lent to a client that is gone: nobody "
+			 "reads it");
 	}
 	for (unsigned i = 0; i < nkp; i++) {
 		FZ_CHECK(kp[i].verdicts == 1, "packet %u got %u verdicts "

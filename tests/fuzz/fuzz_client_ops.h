@@ -43,7 +43,8 @@ enum {
 			 * JSON, & 2: the last string left unterminated */
 	OP_TOGGLE,	/* v: v & 1: the rule swap fails, & 2: the kernel's
 			 * counters cannot be read */
-	OP_BIND,	/* k-ctl k port: DW_BIND of connection k, sent on k-ctl */
+	OP_BIND,	/* k-ctl k port: DW_BIND of connection k (its high
+			 * bit: asking for DW_BIND_DIRECT), sent on k-ctl */
 	OP_WRITEBACK,	/* k j mode tag:2 off:2 xor: the j-th packet read,
 			 * written back on connection k (byte off ^= xor);
 			 * mode & 1: as DW_WRITE naming connection mode >> 4,

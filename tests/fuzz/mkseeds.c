@@ -612,6 +612,21 @@ static void client_seeds(void)
 	u8(&o, OP_INFO);
 	save("fuzz_client", "natd", &o);
 
+	/* the direct path: a root client asks for its queue (k's high
+	 * bit), gets it with the view; a rule change sends a new view; it
+	 * hangs up and the queue is taken back */
+	o.n = 0;
+	c_connect(&o, 0);
+	c_connect(&o, 0);
+	u8(&o, OP_BIND);
+	u8(&o, 1);
+	u8(&o, 0x80);
+	u8(&o, 0);		/* port 8668 */
+	u8(&o, OP_PUMP);
+	c_ctl(&o, 1, 0, "add 150 tee 8668 udp from any to any");
+	u8(&o, OP_PUMP);
+	save("fuzz_client", "direct", &o);
+
 	/* a write channel: DW_WRITE naming the data connection: one that
 	 * answers the held packet, then new ones (injected): outgoing,
 	 * incoming by interface name, outgoing too big for the route and
