@@ -367,10 +367,13 @@ void divert_sock_flush(void)
  * so a write-back needs no wakeup until then. */
 void divert_sock_awake(void)
 {
-	for (unsigned i = 0; i < client_count(); i++)
-		if (client_nth(i)->ring != NULL)
-			atomic_store_explicit(&client_nth(i)->ring->tx.wake, 0,
+	for (unsigned i = 0; i < client_count(); i++) {
+		struct client *c = client_nth(i);
+
+		if (c->ring != NULL)
+			atomic_store_explicit(&c->ring->tx.wake, 0,
 					      memory_order_relaxed);
+	}
 }
 
 /*
