@@ -15,12 +15,14 @@ import statistics
 import sys
 from collections import defaultdict
 
-CASES = ["A", "B", "C", "D"]
+CASES = ["A", "B", "C", "D", "E"]
 CASE_NAMES = {
     "A": "kernel path, no queue",
     "B": "nfq_baseline (thinnest NFQUEUE consumer)",
     "C": "divertd + div_pass (divert)",
     "D": "divertd + div_pass -n (tee)",
+    "E": "divertd lends the queue to direct_client -b: the direct path's floor "
+         "(batched NF_REPEAT with the re-entry mark, no copy to a program)",
 }
 TRAFFIC = [("udp64", "UDP 64 B"), ("udp1400", "UDP 1400 B"), ("tcp", "TCP bulk")]
 NOTES = {
@@ -188,6 +190,7 @@ def main():
             "C/A": rnd(ratio(get("C"), get("A"))),
             "D/B": rnd(ratio(get("D"), get("B"))),
             "B/A": rnd(ratio(get("B"), get("A"))),
+            "E/B": rnd(ratio(get("E"), get("B"))),
         }
         pr = {}
         for r in sorted(reps["C"]):
@@ -280,7 +283,7 @@ def main():
     # --- CPU per packet: instructions if perf can count them, else time
     cpu = {}
     for test, _ in TRAFFIC:
-        for c in ("B", "C", "D"):
+        for c in ("B", "C", "D", "E"):
             t = (result["throughput"].get(test) or {}).get(c) or {}
             if t.get("cpu_ns_per_packet"):
                 cpu.setdefault(test, {})[c] = t["cpu_ns_per_packet"]
@@ -376,15 +379,17 @@ def print_throughput(res):
                 fmt(loss * 100 if loss is not None else None, "{:.1f}%"),
                 fmt(avg), fmt(cpu)))
     print()
-    print("%-11s %7s %7s %7s %7s   (packets/s; TCP: Gbit/s)" % ("ratios", "C/B", "C/A", "D/B", "B/A"))
+    print("%-11s %7s %7s %7s %7s %7s   (packets/s; TCP: Gbit/s)" % (
+        "ratios", "C/B", "C/A", "D/B", "B/A", "E/B"))
     for test, label in TRAFFIC:
         r = res["ratios"][test]
-        print("%-11s %7s %7s %7s %7s" % (label, fmt(r["C/B"], "{:.2f}"), fmt(r["C/A"], "{:.2f}"),
-                                         fmt(r["D/B"], "{:.2f}"), fmt(r["B/A"], "{:.2f}")))
+        print("%-11s %7s %7s %7s %7s %7s" % (label, fmt(r["C/B"], "{:.2f}"), fmt(r["C/A"], "{:.2f}"),
+                                             fmt(r["D/B"], "{:.2f}"), fmt(r["B/A"], "{:.2f}"),
+                                             fmt(r.get("E/B"), "{:.2f}")))
     print()
     print("per delivered packet (TCP: per forwarded GSO packet), by process:")
     for test, label in TRAFFIC:
-        for c in ("B", "C", "D"):
+        for c in ("B", "C", "D", "E"):
             t = res["throughput"][test].get(c) or {}
             parts = []
             for key, what, spec in (("cpu_ns_per_packet", "CPU ns", "{:,.0f}"),

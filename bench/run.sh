@@ -2,7 +2,7 @@
 # bench/run.sh: divertd's benchmark (issue 5).  Not part of the test suite.
 #
 #	sudo bash bench/run.sh [--quick] [--json FILE] [--reps N] [--no-profile]
-#		[--only cases,latency,memory,cores,profile] [--cases A,B,C,D]
+#		[--only cases,latency,memory,cores,profile] [--cases A,B,C,D,E]
 #
 # Three network namespaces on this machine, a sender, a router and a
 # receiver, joined by veth pairs:
@@ -16,6 +16,10 @@
 #	C  divertd with "divert 8668 ip4 from any to any out" and div_pass, an
 #	   unmodified FreeBSD-style pass-through program, under the shim
 #	D  C with "tee" instead of "divert"; the program only reads (an IDS)
+#	E  C's rules, but divertd lends the queue to direct_client -b
+#	   (tests/kernel/direct_client.c): the direct path's floor, batched
+#	   NF_REPEAT verdicts with the re-entry mark and no copy to a
+#	   program (docs/DIRECT.md)
 # and the same traffic crosses each: 64-byte and 1400-byte UDP floods
 # (bounded counts), a TCP bulk transfer (GSO-sized packets), and UDP
 # ping-pong at light load for latency; then A, B and C side by side in one
@@ -42,15 +46,16 @@ PYTHON=/usr/bin/python3
 QUICK=0
 PROFILE=1
 ONLY=cases,latency,memory,cores,profile
-CASES="A B C D"
+CASES="A B C D E"
 PASS_OPTS=${PASS_OPTS:-}	# extra div_pass options in C and D (experiments)
+DIRECT_OPTS=${DIRECT_OPTS:-}	# extra direct_client options in E (-A)
 RCVBUF=1048576			# div_pass's SO_RCVBUF (0: FreeBSD's default)
 RING=1				# 0: the shim without its ring (DIVERT_RING=0)
 REPS=
 JSON_OUT=$HERE/results/latest.json
 usage() {
 	echo "usage: sudo bash bench/run.sh [--quick] [--json FILE] [--reps N] [--no-profile]" >&2
-	echo "       [--only cases,latency,memory,cores,profile] [--cases A,B,C,D]" >&2
+	echo "       [--only cases,latency,memory,cores,profile] [--cases A,B,C,D,E]" >&2
 	echo "       [--rcvbuf BYTES] [--no-ring]" >&2
 	exit 2
 }
@@ -231,6 +236,9 @@ build() {
 	# shellcheck disable=SC2046
 	cc "${flags[@]}" -o "$BIN/nfq_baseline" "$HERE/nfq_baseline.c" \
 		$(pkg-config --cflags --libs libnetfilter_queue libmnl) || exit 1
+	# shellcheck disable=SC2046
+	cc "${flags[@]}" -I"$ROOT/src" -o "$BIN/direct_client" "$ROOT/tests/kernel/direct_client.c" \
+		$(pkg-config --cflags --libs libnetfilter_queue libmnl) || exit 1
 }
 
 # --- topology -----------------------------------------------------------------
@@ -367,6 +375,17 @@ case_start() {
 		# shellcheck disable=SC2086
 		divert_prog pass $ro $PASS_OPTS "$QUEUE" || return 1
 		CASE_PIDS=("divertd:$DIVERTD_PID" "div_pass:$BG_PID")
+		;;
+	E)
+		echo "100 divert $QUEUE ip4 from any to any out" >"$WORK/case.conf"
+		start_divertd "$WORK/case.conf" || return 1
+		rm -f "$WORK/direct.ready"
+		# shellcheck disable=SC2086
+		bg "$R" "$BIN/direct_client" -b ${DIRECT_OPTS:-} -r "$WORK/direct.ready" "$SOCK" "$QUEUE" \
+			>"$WORK/direct.out" 2>&1
+		CASE_PIDS=("divertd:$DIVERTD_PID" "direct_client:$BG_PID")
+		wait_file "$WORK/direct.ready" 10 || return 1
+		grep -q '^granted direct' "$WORK/direct.out" || { log "E: the queue was not lent"; return 1; }
 		;;
 	esac
 }

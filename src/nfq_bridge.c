@@ -269,10 +269,11 @@ int nfqb_lend(uint16_t num)
 	}
 	if (vqueue == num)
 		nfqb_flush();
-	if (!q->paused && loop_mod(&q->p, 0) < 0)
+	if (q->paused)	/* a full client's before: its length and -F back */
+		nfqb_pause(num, false, 0);
+	if (loop_mod(&q->p, 0) < 0)
 		return -1;
 	q->lent = true;
-	q->paused = false;
 	return q->p.fd;
 }
 

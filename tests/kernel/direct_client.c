@@ -6,6 +6,7 @@
  * rule that diverted it, as a program writing every packet back would.
  *
  *	direct_client [-n COUNT] [-k] [-v] [-r READYFILE] SOCKET PORT
+ *	direct_client -b [-A] [-r READYFILE] SOCKET PORT
  *
  * Prints "granted direct" or "granted relay" after the bind, "view N
  * numbers M tees" for each view of the rules it gets (at bind, and with
@@ -14,6 +15,18 @@
  * (default 1), then with -k reads one more, gives it none and exits at
  * once (what it held is for divertd to drop).  READYFILE is created once
  * the bind is answered.  Exit 0, or 1 with a message.
+ *
+ * -b is the benchmark's case E (bench/run.sh): the floor of the direct
+ * path.  It reads the lent queue as the thinnest consumer does (recvmmsg
+ * of up to 64 messages, one libmnl batch of verdicts per read) and gives
+ * every packet what a program writing it back unchanged gets on the
+ * direct path, NF_REPEAT with the re-entry mark, but copies nothing to a
+ * program; until SIGTERM, then "packets N batches N".  With -A a packet
+ * that resumes after the last rule gets NF_ACCEPT with our mark bits
+ * cleared instead (what the end of our chain would do): an experiment on
+ * what re-entry costs, exact only where nothing else sits in the hook's
+ * chain after ours (the nftables backend's own table).  The socket's
+ * O_NONBLOCK is divertd's too (one open file): it waits in poll().
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -21,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +54,13 @@
 static uint64_t view_buf[(sizeof(struct dw_view) + 65536 * 6) / 8 + 1];
 static const struct dw_view *view = (const struct dw_view *)(void *)view_buf;
 static uint16_t queue;
+static volatile sig_atomic_t done;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	done = 1;
+}
 
 static void die(const char *what)
 {
@@ -155,6 +176,112 @@ static void verdict(int nfd, uint32_t id, uint32_t mark)
 		die("verdict");
 }
 
+/* -b: the verdicts of a batch, and where they go */
+static struct mnl_nlmsg_batch *vb;
+static int bench_fd;
+static unsigned long long bench_packets, bench_batches, bench_errors;
+static bool bench_accept;	/* -A: NF_ACCEPT past the last rule */
+
+static void bench_flush(void)
+{
+	struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+	size_t len = mnl_nlmsg_batch_size(vb);
+
+	if (len > 0 && sendto(bench_fd, mnl_nlmsg_batch_head(vb), len, 0,
+			      (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+		bench_errors++;
+	mnl_nlmsg_batch_reset(vb);
+}
+
+/* -b: one message of a batch; its verdict appended to vb */
+static int bench_cb(const struct nlmsghdr *nlh, void *data)
+{
+	struct nlattr *attr[NFQA_MAX + 1] = { 0 };
+	struct nlmsghdr *v;
+	uint32_t id, mark;
+	uint16_t tag;
+
+	if (nfq_nlmsg_parse(nlh, attr) < 0 || attr[NFQA_PACKET_HDR] == NULL)
+		return MNL_CB_OK;
+	id = ntohl(((struct nfqnl_msg_packet_hdr *)
+		    mnl_attr_get_payload(attr[NFQA_PACKET_HDR]))->packet_id);
+	mark = attr[NFQA_MARK] ? ntohl(mnl_attr_get_u32(attr[NFQA_MARK])) : 0;
+	tag = dw_view_resume(view, (uint16_t)((mark & view->mask) >> view->shift));
+	(void)data;
+	v = nfq_nlmsg_put(mnl_nlmsg_batch_current(vb), NFQNL_MSG_VERDICT, queue);
+	if (bench_accept && view->nnums > 0 &&
+	    tag == dw_view_nums(view)[view->nnums - 1]) {
+		/* nothing after: on past our chain, our bits cleared, as
+		 * its end would leave the packet */
+		mark &= ~view->mask;
+		nfq_nlmsg_verdict_put(v, (int)id, NF_ACCEPT);
+	} else {
+		mark = (mark & ~view->mask) |
+		       (((uint32_t)tag << view->shift) & view->mask);
+		nfq_nlmsg_verdict_put(v, (int)id, NF_REPEAT);
+	}
+	nfq_nlmsg_verdict_put_mark(v, mark);
+	if (!mnl_nlmsg_batch_next(vb)) {
+		/* full: what came before this one goes, it moves to the front */
+		struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+
+		if (sendto(bench_fd, mnl_nlmsg_batch_head(vb),
+			   mnl_nlmsg_batch_size(vb), 0,
+			   (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
+			bench_errors++;
+		mnl_nlmsg_batch_reset(vb);
+	}
+	bench_packets++;
+	return MNL_CB_OK;
+}
+
+/* -b: read and verdict the queue in batches until SIGTERM */
+static void bench(int nfd)
+{
+	enum { BATCH = 64, SLOT = 65536 + 1024, VBATCH = 256 * 1024 };
+	static struct mmsghdr msgs[BATCH];
+	static struct iovec iov[BATCH];
+	uint8_t *slots = malloc((size_t)BATCH * SLOT);
+	char *vbuf = malloc(VBATCH + SLOT);
+	struct pollfd pfd = { nfd, POLLIN, 0 };
+	struct sigaction sa;
+
+	if (slots == NULL || vbuf == NULL)
+		die("malloc");
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	for (int i = 0; i < BATCH; i++) {
+		iov[i].iov_base = slots + (size_t)i * SLOT;
+		iov[i].iov_len = SLOT;
+		msgs[i].msg_hdr.msg_iov = &iov[i];
+		msgs[i].msg_hdr.msg_iovlen = 1;
+	}
+	vb = mnl_nlmsg_batch_start(vbuf, VBATCH);
+	bench_fd = nfd;
+	while (!done) {
+		int n = recvmmsg(nfd, msgs, BATCH, MSG_DONTWAIT, NULL);
+
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR) {
+				poll(&pfd, 1, 200);
+				continue;
+			}
+			die("recvmmsg");
+		}
+		for (int i = 0; i < n; i++)
+			mnl_cb_run(iov[i].iov_base, msgs[i].msg_len, 0, 0,
+				   bench_cb, NULL);
+		bench_flush();
+		bench_batches++;
+	}
+	printf("packets %llu batches %llu verdict_errors %llu\n",
+	       bench_packets, bench_batches, bench_errors);
+	free(slots);
+	free(vbuf);
+}
+
 int main(int argc, char **argv)
 {
 	long count = 1;
@@ -165,8 +292,12 @@ int main(int argc, char **argv)
 	uint64_t id;
 	size_t len;
 
-	while ((opt = getopt(argc, argv, "n:kvr:")) != -1) {
+	bool bench_mode = false;
+
+	while ((opt = getopt(argc, argv, "Abn:kvr:")) != -1) {
 		switch (opt) {
+		case 'A': bench_accept = true; break;
+		case 'b': bench_mode = true; break;
 		case 'n': count = atol(optarg); break;
 		case 'k': keep = true; break;
 		case 'v': watch = true; break;
@@ -211,6 +342,10 @@ int main(int argc, char **argv)
 	got_view(len);
 	if (ready != NULL)
 		close(open(ready, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+	if (bench_mode) {
+		bench(nfd);
+		return 0;
+	}
 	for (long i = 0; i < count; i++) {
 		struct pkt p = next_packet(nfd, conn, watch);
 		uint16_t tag = (uint16_t)((p.mark & view->mask) >> view->shift);
