@@ -28,6 +28,12 @@
  *      (client_by_port()); a client whose buffer is full (client_full())
  *      has its port's queue paused until it has room (client_room()).
  *
+ *  the direct path (docs/DIRECT.md)   a root client whose DW_BIND asks
+ *      for DW_BIND_DIRECT is lent its port's queue socket (nfqb_lend())
+ *      with the view of the rules (rules_view()), and sent a new view
+ *      (DW_VIEW) after each rule change; when it unbinds or is gone the
+ *      queue is taken back (nfqb_take_back(): what it held is dropped).
+ *
  * A client that closes has its held packets dropped (held.c), and is freed
  * after the loop's round (clients_bury()).
  */

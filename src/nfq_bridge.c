@@ -24,6 +24,10 @@
  *      a verdict only from the socket bound to the queue, so a verdict for
  *      another queue sends the batch first).  Verdicts carry no
  *      NLM_F_ACK; the kernel reports only failures, which are counted.
+ * Lent: on the direct path a queue's socket is lent to the program that
+ *      reads it itself (nfqb_lend(): we stop reading it) and taken back
+ *      when that program is gone (nfqb_take_back(): unbind and bind, so
+ *      the kernel drops what it held).
  */
 #include <errno.h>
 #include <fcntl.h>
